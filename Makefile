@@ -1,0 +1,38 @@
+# warmup-lab: `make install && make train`, then `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: help install train test sweep tb plot-schedules clean clean-outputs
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-16s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+install: $(PY)  ## create .venv and install the package with its dependencies and dev tools
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]"
+	@$(PY) -c "import torch, torchvision; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| cuda', torch.cuda.is_available())"
+
+train:  ## the default experiment (ResNet-20 on digits, SGD, warmup+cosine), offline, ~1 min on 2 cores
+	$(PY) train.py $(ARGS)
+
+test:  ## the test suite
+	$(PY) -m pytest -q $(ARGS)
+
+sweep:  ## example sweep: SGD vs AdamW, with and without warmup, 2 seeds
+	$(PY) train.py -m optimizer=sgd,adamw scheduler=constantlr,warmupcosine seed=0,1 trainer.progress=false
+
+tb:  ## TensorBoard over every run, with every scalar point kept
+	$(VENV)/bin/tensorboard --logdir outputs --samples_per_plugin scalars=100000
+
+plot-schedules:  ## regenerate docs/schedules.png
+	$(PY) scripts/plot_schedules.py --out docs/schedules.png
+
+clean:  ## remove caches
+	rm -rf .pytest_cache .hypothesis src/*.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +
+
+clean-outputs:  ## remove every run under outputs/
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

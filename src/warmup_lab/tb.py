@@ -1,0 +1,89 @@
+"""TensorBoard logging: one run = one directory, hparams linked to the run's own scalars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+# Final metrics shown in the HParams dashboard; the same names in every run.
+HPARAM_METRICS = ("hparam/final_val_loss", "hparam/best_val_loss", "hparam/final_val_acc",
+                  "hparam/final_train_loss", "hparam/diverged", "hparam/steps")
+HPARAM_GROUPS = ("model", "data", "optimizer", "scheduler", "trainer")
+_SKIP = ("_target_", "progress")
+
+
+def _flatten(node, prefix: str, out: dict) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k not in _SKIP:
+                _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = node
+
+
+def _as_hparam(value):
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return "null" if value is None else str(value)
+
+
+def conf_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "conf"
+
+
+def group_keys(group: str) -> set[str]:
+    """Every knob of every option of a config group, read from ``conf/<group>/*.yaml``, so that
+    every run logs the same hparam key set (the dashboard takes its columns from one run)."""
+    keys: set[str] = set()
+    folder = conf_dir() / group
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        flat: dict = {}
+        node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        _flatten({k: v for k, v in node.items() if k != "defaults"}, group, flat)
+        keys.update(flat)
+    return keys
+
+
+def flat_hparams(cfg: DictConfig, extra: dict | None = None) -> dict:
+    """The run's config as flat ``group.key`` scalars plus ``extra`` (resolved values such as
+    warmup steps), padded with ``"n/a"`` for knobs that other options of a group have."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    flat: dict = {"seed": resolved.get("seed")}
+    for group in HPARAM_GROUPS:
+        _flatten(resolved.get(group, {}), group, flat)
+        for key in group_keys(group):
+            flat.setdefault(key, "n/a")
+    flat.update(extra or {})
+    return {k: _as_hparam(v) for k, v in sorted(flat.items())}
+
+
+class RunWriter:
+    """``SummaryWriter`` on the run directory plus the hparams summary written on that same
+    writer (``add_hparams`` would make a separate sub-run)."""
+
+    def __init__(self, run_dir: Path, flush_secs: int = 30):
+        self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=flush_secs)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+
+    def start_hparams(self, hparams: dict) -> None:
+        exp, ssi, self._session_end = hparams_summary(hparams, {m: 0.0 for m in HPARAM_METRICS})
+        self.writer.file_writer.add_summary(exp)
+        self.writer.file_writer.add_summary(ssi)
+
+    def end_hparams(self, final: dict, step: int) -> None:
+        """Write the final metric values under the hparam metric tags, and the session end."""
+        for tag in HPARAM_METRICS:
+            value = final.get(tag.split("/", 1)[1])
+            self.writer.add_scalar(tag, float("nan") if value is None else float(value), step)
+        self.writer.file_writer.add_summary(self._session_end)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,103 @@
+"""Checks of a composed config that run before any data is loaded or model built.
+
+Each failure is a ``ConfigError`` whose message is one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is a single line naming the key."""
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _positive_int(cfg: DictConfig, key: str, optional: bool = False) -> None:
+    value = cfg.get(key.split(".")[-1])
+    if value is None and optional:
+        return
+    if not _is_int(value) or value < 1:
+        raise ConfigError(f"{key}={value} is invalid: must be an integer >= 1")
+
+
+def check_device(device: str) -> None:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; cuda and mps must exist here."""
+    import torch
+
+    base, _, index = str(device).partition(":")
+    if base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
+        raise ConfigError(f"trainer.device={device} is invalid: allowed {', '.join(DEVICES)} or cuda:N")
+    if base == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device={device} but no CUDA device is available here: "
+                              f"use trainer.device=cpu or auto")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"trainer.device={device} but only {torch.cuda.device_count()} CUDA "
+                              f"device(s) exist")
+    if base == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"trainer.device={device} but MPS is not available here: use cpu or auto")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` for the first bad value found."""
+    opt, tr, sch, data = cfg.optimizer, cfg.trainer, cfg.scheduler, cfg.data
+
+    lr = opt.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ConfigError(f"optimizer.lr={lr} is invalid: must be a number > 0")
+    from .optim import OPTIMIZERS
+
+    if opt.get("name") not in OPTIMIZERS:
+        raise ConfigError(f"optimizer.name={opt.get('name')} is invalid: allowed {', '.join(OPTIMIZERS)}")
+
+    _positive_int(tr, "trainer.batch_size")
+    _positive_int(tr, "trainer.eval_interval")
+    _positive_int(tr, "trainer.log_interval")
+    if (tr.max_steps is None) == (tr.epochs is None):
+        raise ConfigError(f"trainer.max_steps={tr.max_steps} and trainer.epochs={tr.epochs}: set "
+                          f"exactly one of them (the other to null)")
+    _positive_int(tr, "trainer.max_steps", optional=True)
+    _positive_int(tr, "trainer.epochs", optional=True)
+    if tr.precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={tr.precision} is invalid: allowed {', '.join(PRECISIONS)}")
+    clip = tr.get("grad_clip")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
+        raise ConfigError(f"trainer.grad_clip={clip} is invalid: must be null or a number > 0")
+    if tr.get("threads") is not None:
+        _positive_int(tr, "trainer.threads")
+    check_device(tr.device)
+
+    ratio = sch.get("warmup_ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
+                              or not 0 <= ratio < 1):
+        raise ConfigError(f"scheduler.warmup_ratio={ratio} is invalid: must be in [0, 1)")
+    steps = sch.get("warmup_steps")
+    if steps is not None and (not _is_int(steps) or steps < 0):
+        raise ConfigError(f"scheduler.warmup_steps={steps} is invalid: must be an integer >= 0")
+    if steps is not None and tr.max_steps is not None and steps > tr.max_steps:
+        raise ConfigError(f"scheduler.warmup_steps={steps} is longer than training "
+                          f"(trainer.max_steps={tr.max_steps}): must be <= {tr.max_steps}")
+
+    if data.get("path") is not None and not Path(str(data.path)).expanduser().is_file():
+        raise ConfigError(f"data.path={data.path} does not exist: give an existing UTF-8 text file")
+    if tr.max_steps is not None:  # the full schedule check; with epochs it runs once data is loaded
+        check_schedule(cfg, tr.max_steps)
+
+
+def check_schedule(cfg: DictConfig, total_steps: int):
+    """Build the schedule (cheap, pure) so its own checks run; returns it."""
+    from .schedules import ScheduleError, build_schedule
+
+    try:
+        return build_schedule(cfg.scheduler, total_steps=total_steps, optimizer_cfg=cfg.optimizer)
+    except ScheduleError as err:
+        raise ConfigError(str(err)) from None

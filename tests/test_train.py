@@ -1,0 +1,129 @@
+"""End-to-end training through `run()` and `train.py`: models x data, logs, metrics, divergence."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import (TINY_BYTES, TINY_TRANSFORMER, compose_cfg, read_scalars, run_cli,
+                      write_tiny_cifar)
+from warmup_lab.run import run
+
+MODEL_DATA = [
+    ("resnet20", "digits", []),
+    ("resnet56", "digits", ["model.width=4"]),
+    ("resnet18", "digits", []),
+    ("transformer", "digits", TINY_TRANSFORMER),
+    ("transformer", "bytes", TINY_TRANSFORMER + TINY_BYTES),
+]
+
+
+@pytest.mark.parametrize("model,data,extra", MODEL_DATA, ids=[f"{m}-{d}" for m, d, _ in MODEL_DATA])
+def test_each_model_trains_on_each_data_family_it_fits(tmp_path, model, data, extra):
+    cfg = compose_cfg(f"model={model}", f"data={data}", *extra)
+    metrics = run(cfg, tmp_path)
+    assert metrics["status"] == "completed" and metrics["steps"] == 6
+    assert math.isfinite(metrics["final_val_loss"]) and 0 <= metrics["final_val_acc"] <= 1
+
+
+def test_cifar10_run_from_tiny_files(tmp_path):
+    root = write_tiny_cifar(tmp_path / "data")
+    cfg = compose_cfg("data=cifar10", f"data.root={root}", "model.width=4")
+    metrics = run(cfg, tmp_path / "run")
+    assert metrics["status"] == "completed" and metrics["data"]["num_train"] == 100
+
+
+def test_tensorboard_has_every_step_and_hparams_in_the_run_dir(tmp_path):
+    cfg = compose_cfg("optimizer=adamw", "trainer.max_steps=9", "trainer.log_interval=4")
+    metrics = run(cfg, tmp_path)
+    scalars = read_scalars(tmp_path)
+    assert [s for s, _ in scalars["train/loss"]] == list(range(9))
+    assert [s for s, _ in scalars["train/lr"]] == list(range(9))
+    assert [s for s, _ in scalars["val/loss"]] == [3, 6, 9]
+    assert scalars["val/loss"][-1][1] == pytest.approx(metrics["final_val_loss"], rel=1e-6)
+    assert scalars["hparam/final_val_loss"][0][1] == pytest.approx(metrics["final_val_loss"], rel=1e-6)
+    # one run = one directory: the hparams plugin data sits in this run's own event file
+    events = list(tmp_path.glob("events.out.tfevents.*"))
+    assert len(events) == 1 and not [p for p in tmp_path.iterdir() if p.is_dir()]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert {"_hparams_/experiment", "_hparams_/session_start_info",
+            "_hparams_/session_end_info"} <= set(acc.PluginTagToContent("hparams"))
+
+
+def test_hparam_key_set_is_the_same_for_every_option(tmp_path):
+    from warmup_lab.tb import flat_hparams
+
+    keys = {frozenset(flat_hparams(compose_cfg(f"model={m}", f"optimizer={o}", f"scheduler={s}")))
+            for m, o, s in [("resnet20", "sgd", "constantlr"), ("transformer", "adamw", "warmupcosine"),
+                            ("resnet18", "rmsprop", "warmuplinear")]}
+    assert len(keys) == 1
+    assert {"optimizer.lr", "scheduler.name", "model.name", "trainer.batch_size", "seed"} <= next(iter(keys))
+
+
+def test_metrics_json_contents(tmp_path):
+    run(compose_cfg(), tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("status", "final_val_loss", "best_val_loss", "final_val_acc", "final_train_loss",
+                "steps", "wall_time_s", "diverged_step", "warmup_steps", "total_steps"):
+        assert key in metrics
+    assert metrics["status"] == "completed" and metrics["steps"] == metrics["total_steps"] == 6
+    assert metrics["best_val_loss"] <= metrics["final_val_loss"]
+    assert metrics["warmup_steps"] == 2
+    meta = json.loads((tmp_path / "run_meta.json").read_text())
+    assert meta["seed"] == 0 and meta["status"] == "completed" and "torch" in meta
+
+
+def test_divergence_is_a_result(tmp_path):
+    cfg = compose_cfg("optimizer.lr=1e12", "trainer.max_steps=40", "scheduler.warmup_steps=0")
+    metrics = run(cfg, tmp_path)
+    assert metrics["status"] == "diverged"
+    step = metrics["diverged_step"]
+    assert 0 <= step < 40 and metrics["steps"] <= 40
+    losses = read_scalars(tmp_path)["train/loss"]
+    assert losses[-1][0] == step and not math.isfinite(losses[-1][1])
+    assert all(math.isfinite(v) for _, v in losses[:-1])
+
+
+def test_same_config_and_seed_give_identical_losses(tmp_path):
+    cfg = compose_cfg("trainer.max_steps=8", "trainer.threads=2")
+    run(cfg, tmp_path / "a")
+    run(cfg, tmp_path / "b")
+    run(compose_cfg("trainer.max_steps=8", "trainer.threads=2", "seed=1"), tmp_path / "c")
+    a, b, c = (read_scalars(tmp_path / k)["train/loss"] for k in "abc")
+    assert a == b and len(a) == 8
+    assert a != c
+
+
+@pytest.mark.slow
+def test_two_job_multirun_through_the_cli(tmp_path):
+    proc = run_cli("-m", "optimizer=sgd,adamw", f"hydra.sweep.dir={tmp_path}", *FAST_CLI)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for job in ("0", "1"):
+        metrics = json.loads((tmp_path / job / "metrics.json").read_text())
+        assert metrics["status"] == "completed"
+        assert list((tmp_path / job).glob("events.out.tfevents.*"))
+    assert (tmp_path / "1" / ".hydra" / "overrides.yaml").read_text().count("optimizer=adamw") == 1
+
+
+@pytest.mark.slow
+def test_single_run_lands_under_outputs_runs_and_two_runs_never_share(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cmd = [sys.executable, str(ROOT / "train.py"), f"paths.output_root={tmp_path}", *FAST_CLI]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    runs = sorted(tmp_path.glob("runs/*/*/metrics.json"))
+    assert len(runs) == 2 and runs[0].parent != runs[1].parent
+
+
+FAST_CLI = ["trainer.progress=false", "trainer.max_steps=4", "trainer.eval_interval=2",
+            "trainer.batch_size=16", "trainer.device=cpu", "trainer.threads=1"]
