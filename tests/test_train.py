@@ -127,3 +127,41 @@ def test_single_run_lands_under_outputs_runs_and_two_runs_never_share(tmp_path):
 
 FAST_CLI = ["trainer.progress=false", "trainer.max_steps=4", "trainer.eval_interval=2",
             "trainer.batch_size=16", "trainer.device=cpu", "trainer.threads=1"]
+
+
+def test_logged_lr_is_the_lr_the_optimizer_used_per_group(tmp_path):
+    """Record the lr of each group at every optimizer.step() call and compare with TensorBoard."""
+    import torch
+
+    from warmup_lab.data import load_digits
+    from warmup_lab.models import cifar_resnet
+    from warmup_lab.schedules import build_schedule
+    from warmup_lab.tb import RunWriter
+    from warmup_lab.trainer import Trainer
+
+    data = load_digits()
+    model = cifar_resnet(spec=data.spec, depth=8, width=4)
+    weights = [p for p in model.parameters() if p.ndim >= 2]
+    others = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.SGD([{"params": weights, "lr": 0.1, "name": "weights"},
+                                 {"params": others, "lr": 0.02, "name": "others"}], lr=0.1)
+    seen = []
+    original_step = optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append([g["lr"] for g in optimizer.param_groups])
+        return original_step(*args, **kwargs)
+
+    optimizer.step = recording_step
+    cfg = compose_cfg("scheduler=warmuplinear", "scheduler.warmup_steps=4")
+    schedule = build_schedule(cfg.scheduler, total_steps=12, optimizer_cfg=cfg.optimizer)
+    writer = RunWriter(tmp_path)
+    Trainer(model, optimizer, schedule, data, writer, total_steps=12, batch_size=16, seed=0,
+            device=torch.device("cpu"), eval_interval=100, log_interval=5, progress=False).fit()
+    writer.close()
+    scalars = read_scalars(tmp_path)
+    for j, name in enumerate(["weights", "others"]):
+        logged = [v for _, v in scalars[f"train/lr/{name}"]]
+        assert logged == pytest.approx([lrs[j] for lrs in seen], rel=1e-6)
+        assert logged == pytest.approx([(0.1, 0.02)[j] * schedule(s) for s in range(12)], rel=1e-6)
+    assert [v for _, v in scalars["train/lr"]] == pytest.approx([lrs[0] for lrs in seen], rel=1e-6)
