@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
+UNKNOWN_TOTAL = 10**9  # stands for the total steps before the data is loaded
 
 
 class ConfigError(ValueError):
@@ -49,7 +50,7 @@ def check_device(device: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` for the first bad value found."""
-    opt, tr, sch, data = cfg.optimizer, cfg.trainer, cfg.scheduler, cfg.data
+    opt, tr, data = cfg.optimizer, cfg.trainer, cfg.data
 
     lr = opt.get("lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
@@ -74,23 +75,18 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.grad_clip={clip} is invalid: must be null or a number > 0")
     if tr.get("threads") is not None:
         _positive_int(tr, "trainer.threads")
+    if tr.get("checkpoint_interval") is not None:
+        _positive_int(tr, "trainer.checkpoint_interval")
+    if not isinstance(tr.get("resume", False), bool):
+        raise ConfigError(f"trainer.resume={tr.get('resume')} is invalid: must be true or false")
     check_device(tr.device)
-
-    ratio = sch.get("warmup_ratio")
-    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
-                              or not 0 <= ratio < 1):
-        raise ConfigError(f"scheduler.warmup_ratio={ratio} is invalid: must be in [0, 1)")
-    steps = sch.get("warmup_steps")
-    if steps is not None and (not _is_int(steps) or steps < 0):
-        raise ConfigError(f"scheduler.warmup_steps={steps} is invalid: must be an integer >= 0")
-    if steps is not None and tr.max_steps is not None and steps > tr.max_steps:
-        raise ConfigError(f"scheduler.warmup_steps={steps} is longer than training "
-                          f"(trainer.max_steps={tr.max_steps}): must be <= {tr.max_steps}")
 
     if data.get("path") is not None and not Path(str(data.path)).expanduser().is_file():
         raise ConfigError(f"data.path={data.path} does not exist: give an existing UTF-8 text file")
-    if tr.max_steps is not None:  # the full schedule check; with epochs it runs once data is loaded
-        check_schedule(cfg, tr.max_steps)
+    # The schedule checks its own knobs (warmup range and length, ...). With `epochs` the total is
+    # known only once the data is loaded, so here a huge total checks everything else and run()
+    # checks again with the real one.
+    check_schedule(cfg, tr.max_steps if tr.max_steps is not None else UNKNOWN_TOTAL)
 
 
 def check_schedule(cfg: DictConfig, total_steps: int):

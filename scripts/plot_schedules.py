@@ -1,0 +1,172 @@
+"""Plot lr against step for any schedules of conf/scheduler/ into one PNG.
+
+    python scripts/plot_schedules.py                     # every schedule, one panel each
+    python scripts/plot_schedules.py --schedules warmupcosine noam --total-steps 1000 \\
+        --set warmup_ratio=0.1 --overlay --out cmp.png   # overlaid for comparison
+    python scripts/plot_schedules.py --overlay --schedules warmupcosine \\
+        "warmupcosine:warmup_steps=10" "warmupcosine:warmup_type=cosine,start_factor=0"
+
+A schedule is ``NAME`` or ``NAME:key=value,key=value`` (its own settings, also used as the legend).
+``--set key=value`` applies to every chosen schedule that has the key (dots reach nested keys:
+``after_scheduler.name=multistep``). Setting one of a steps/ratio pair (``warmup_steps`` /
+``warmup_ratio``, ...) nulls the other. Values are parsed as YAML (``null``, ``[1, 2]``, ``0.1``).
+The y axis is ``lr * multiplier`` with ``--lr`` (default 1: the multiplier itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import yaml
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from warmup_lab.schedules import SCHEDULES, STEP_RATIO_PAIRS, ScheduleError, build_schedule
+
+CONF = ROOT / "conf" / "scheduler"
+
+
+def parse_assignments(text: str) -> dict:
+    """``"a=1,b.c=null,m=[1, 2]"`` -> ``{"a": 1, "b.c": None, "m": [1, 2]}`` (YAML values)."""
+    out = {}
+    for part in re.split(r",(?=\s*[\w.]+=)", text):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise SystemExit(f"cannot parse {text!r}: expected key=value[,key=value]")
+        out[key.strip()] = yaml.safe_load(value.strip())
+    return out
+
+
+def _has(cfg: dict, dotted: str) -> bool:
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _put(cfg: dict, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    node = cfg
+    for part in path:
+        node = node[part]
+    node[last] = value
+    for a, b in STEP_RATIO_PAIRS:  # one of a pair set: the other becomes null
+        if last in (a, b):
+            node[b if last == a else a] = None
+
+
+def schedule_config(spec: str, common: dict) -> tuple[str, dict]:
+    name, _, own = spec.partition(":")
+    path = CONF / f"{name}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"unknown schedule {name!r}: choose from {', '.join(SCHEDULES)}")
+    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    for key, value in common.items():
+        if _has(cfg, key):
+            _put(cfg, key, value)
+    for key, value in (parse_assignments(own) if own else {}).items():
+        if not _has(cfg, key):
+            raise SystemExit(f"{name} has no knob {key!r}")
+        _put(cfg, key, value)
+    return spec, cfg
+
+
+def curve(cfg: dict, total: int, optimizer: dict, extend: float):
+    sched = build_schedule(cfg, total_steps=total, optimizer_cfg=optimizer)
+    steps = list(range(total + 1 + int(extend * total)))
+    return sched, steps, [optimizer["lr"] * sched(s) for s in steps]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--schedules", nargs="*", default=None,
+                   help="NAME or NAME:key=value,... (default: all)")
+    p.add_argument("--total-steps", type=int, default=1000, help="T, as the trainer would pass it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="knob for every schedule that has it (repeatable)")
+    p.add_argument("--overlay", action="store_true",
+                   help="one axes for all curves instead of a panel each")
+    p.add_argument("--lr", type=float, default=1.0, help="optimizer.lr; y = lr * multiplier")
+    p.add_argument("--optimizer", default="adamw",
+                   help="optimizer.name (the untuned warmups need the Adam family)")
+    p.add_argument("--beta2", type=float, default=0.99,
+                   help="optimizer.betas[1] for the untuned warmups")
+    p.add_argument("--extend", type=float, default=0.0,
+                   help="also plot this fraction of T past the end")
+    p.add_argument("--logy", action="store_true", help="log-scale y axis")
+    p.add_argument("--cols", type=int, default=5, help="panels per row")
+    p.add_argument("--dpi", type=int, default=72)
+    p.add_argument("--out", default=str(ROOT / "docs" / "schedules.png"))
+    args = p.parse_args(argv)
+
+    common = {}
+    for item in args.set:
+        common.update(parse_assignments(item))
+    specs = args.schedules or list(SCHEDULES)  # registry order: transformers family, seed, field
+    defaults = [OmegaConf.to_container(OmegaConf.load(path)) for path in
+                (CONF / f"{spec.partition(':')[0]}.yaml" for spec in specs) if path.is_file()]
+    for key in common:
+        if not any(_has(cfg, key) for cfg in defaults):
+            print(f"warning: no chosen schedule has the knob {key!r}", file=sys.stderr)
+    optimizer = {"name": args.optimizer, "lr": args.lr}
+    if args.optimizer in ("adam", "adamw", "radam"):
+        optimizer["betas"] = [0.9, args.beta2]
+    T = args.total_steps
+
+    curves = []
+    for spec in specs:
+        label, cfg = schedule_config(spec, common)
+        try:
+            curves.append((label, *curve(cfg, T, optimizer, args.extend)))
+        except ScheduleError as err:
+            raise SystemExit(f"{label}: {err}") from None
+
+    if args.overlay:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for label, sched, steps, lrs in curves:
+            ax.plot(steps, lrs, label=f"{label} (W={sched.warmup_steps})", lw=1.4)
+        ax.legend(fontsize=8)
+        axes = [ax]
+        ax.set_title(f"T = {T} steps", fontsize=10)
+        ax.set_xlabel("step")
+    else:
+        cols = min(args.cols, len(curves))
+        rows = math.ceil(len(curves) / cols)
+        fig, grid = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.2 * rows), squeeze=False)
+        axes = [a for row in grid for a in row]
+        for ax, (label, sched, steps, lrs) in zip(axes, curves):
+            ax.plot(steps, lrs, lw=1.3, color="C0")
+            if sched.warmup_steps:
+                ax.axvline(sched.warmup_steps, color="0.6", ls=":", lw=1)
+            ax.set_title(f"{label}\nW={sched.warmup_steps}, peak={sched.peak:.3g}", fontsize=8.5)
+            ax.tick_params(labelsize=7)
+        for ax in axes[len(curves):]:
+            ax.axis("off")
+        y = "lr / optimizer.lr" if args.lr == 1.0 else f"lr (optimizer.lr = {args.lr})"
+        fig.suptitle(f"{y} against optimizer step, T = {T}, defaults of conf/scheduler/ "
+                     f"(beta2 = {args.beta2}); dotted: end of warmup", fontsize=10)
+    for ax in axes[:len(curves)]:
+        ax.grid(alpha=0.3)
+        if args.logy:
+            ax.set_yscale("log")
+    fig.tight_layout()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=args.dpi)
+    print(f"wrote {out} ({len(curves)} schedule(s))")
+
+
+if __name__ == "__main__":
+    main()
