@@ -1,0 +1,160 @@
+"""Read the runs of one or more sweep directories: config, metrics, full-resolution scalars.
+
+A run is any directory below a sweep directory that holds ``metrics.json``. Its config is
+``.hydra/config.yaml`` (resolved here with the package's resolvers; interpolations that cannot be
+resolved are kept as text) and its overrides ``.hydra/overrides.yaml``. Event files are read with
+``size_guidance={"scalars": 0}``: TensorBoard's reader otherwise keeps a reservoir sample of each
+tag, and the jitter analysis needs every step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+import warmup_lab  # noqa: F401  (registers wl_mul and friends, used by presets)
+
+# keys that never define an arm: seeds, and settings that do not change the numbers
+SEED_KEYS = ("seed", "trainer.seed")
+IGNORED_PREFIXES = ("paths.", "task_name", "trainer.progress", "trainer.threads", "trainer.device",
+                    "trainer.checkpoint_interval", "trainer.resume",
+                    "trainer.log_interval", "trainer.eval_interval", "trainer.metrics.", "study.claim",
+                    "study.margin", "study.metric", "data.root", "data.download")
+CURVE_TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/update_ratio", "jitter/loss_std",
+              "jitter/loss_abs_change", "jitter/spike_ratio", "val/loss")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict            # flat, resolved where possible ("optimizer.lr": 0.003, ...)
+    overrides: list[str]
+    metrics: dict
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    failed: bool = False
+    failure: str | None = None
+    arm: str = ""           # filled by arms.group_arms
+    label: str = ""
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", self.metrics.get("seed", 0)) or 0)
+
+    @property
+    def status(self) -> str:
+        return str(self.metrics.get("status", "unknown"))
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
+
+    def get(self, key: str, default=None):
+        """A config key, or ``run.<metric>`` for metrics.json values."""
+        if key.startswith("run."):
+            return self.metrics.get(key[4:], default)
+        return self.config.get(key, default)
+
+
+def flatten(node, prefix: str = "", out: dict | None = None) -> dict:
+    out = {} if out is None else out
+    if isinstance(node, dict):
+        for k, v in node.items():
+            flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(node, list):
+        out[prefix] = tuple(node)
+    else:
+        out[prefix] = node
+    return out
+
+
+def read_config(run_dir: Path) -> tuple[dict, list[str]]:
+    cfg_path, ovr_path = run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "overrides.yaml"
+    overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(ovr_path))] if ovr_path.is_file() else []
+    if not cfg_path.is_file():
+        return {}, overrides
+    cfg = OmegaConf.load(cfg_path)
+    try:
+        node = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation we cannot resolve here: keep the text
+        node = OmegaConf.to_container(cfg, resolve=False)
+    return flatten(node), overrides
+
+
+def read_scalars(run_dir: Path, tags: tuple[str, ...] | None = CURVE_TAGS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every point of the given scalar tags (all tags if None) as (steps, values) arrays; the
+    last value wins when a step was written twice."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0, "histograms": 1,
+                                                        "images": 1, "audio": 1, "compressedHistograms": 1})
+    acc.Reload()
+    have = acc.Tags().get("scalars", [])
+    out = {}
+    for tag in have if tags is None else [t for t in tags if t in have]:
+        events = acc.Scalars(tag)
+        by_step = {e.step: e.value for e in events}
+        steps = np.array(sorted(by_step), dtype=np.int64)
+        out[tag] = (steps, np.array([by_step[s] for s in steps], dtype=float))
+    return out
+
+
+def failure_reason(metrics: dict) -> str | None:
+    """The failure rule of docs/claims.md: None when the run trained, else why it failed.
+
+    Failed = diverged (non-finite loss), or did not finish, or final training loss >= the
+    initial training loss, or (classification) final validation accuracy < 1.5 x chance
+    (Kalra & Barkeshli's rule, on validation rather than training accuracy)."""
+    status = metrics.get("status")
+    if status == "diverged":
+        return f"diverged at step {metrics.get('diverged_step')}"
+    if status != "completed":
+        return f"status {status}"
+    final, init = metrics.get("final_train_loss"), metrics.get("initial_train_loss")
+    val = metrics.get("final_val_loss")
+    if val is None or not math.isfinite(val):
+        return "non-finite validation loss"
+    if final is not None and init is not None and final >= init:
+        return f"final train loss {final:.4g} >= initial {init:.4g}"
+    acc, chance = metrics.get("final_val_acc"), metrics.get("chance_acc")
+    if acc is not None and chance and acc < 1.5 * chance:
+        return f"val accuracy {acc:.3g} < 1.5 x chance ({chance:.3g})"
+    return None
+
+
+def find_run_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted({p.parent for p in Path(sweep_dir).rglob("metrics.json")},
+                  key=lambda p: (len(p.parts), _natural(p)))
+
+
+def _natural(p: Path):
+    return [int(s) if s.isdigit() else s for s in p.parts]
+
+
+def load_run(run_dir: Path, curves: bool = True) -> Run:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config, overrides = read_config(run_dir)
+    reason = failure_reason(metrics)
+    run = Run(run_dir, config, overrides, metrics, failed=reason is not None, failure=reason)
+    if curves:
+        run.curves = read_scalars(run_dir)
+    return run
+
+
+def load_runs(sweep_dirs, curves: bool = True) -> list[Run]:
+    """Every run under the sweep directories (recursively), in job order."""
+    runs = []
+    for d in sweep_dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: not a directory")
+        runs.extend(load_run(p, curves) for p in find_run_dirs(d))
+    return runs
+
+
+def is_ignored(key: str) -> bool:
+    return key in SEED_KEYS or any(key == p or key.startswith(p) for p in IGNORED_PREFIXES)

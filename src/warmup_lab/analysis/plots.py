@@ -1,0 +1,243 @@
+"""Report plots (PNG, matplotlib's Agg backend): loss curves, early jitter, lr sensitivity, schedules.
+
+Every function writes its file even when the sweep lacks what it shows (the figure then says
+so), so a report always links four images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .arms import Arm, run_loss  # noqa: E402
+from ..jitter import rolling_mean  # noqa: E402
+
+MAX_LINES = 8
+
+
+def _panels(arms: list[Arm]) -> dict[str, list[Arm]]:
+    """Arms split into panels by the varying setting with the fewest values (not the lr), so
+    no panel has too many lines."""
+    if len(arms) <= MAX_LINES:
+        return {"": arms}
+    keys = [k for k in arms[0].settings if k not in ("optimizer.lr",)]
+    best = None
+    for k in keys:
+        values = {str(a.settings.get(k)) for a in arms}
+        if 1 < len(values) and (best is None or len(values) < best[1]):
+            best = (k, len(values))
+    if best is None:
+        return {"": arms}
+    out: dict[str, list[Arm]] = defaultdict(list)
+    for a in arms:
+        out[_setting_text(best[0], a.settings.get(best[0]))].append(a)
+    return dict(out)
+
+
+def _key_name(key: str) -> str:
+    """``optimizer.name`` -> ``optimizer``, ``model.norm_first`` -> ``norm_first``."""
+    head, _, tail = key.rpartition(".")
+    return head if tail == "name" and head else tail
+
+
+def _setting_text(key: str, value) -> str:
+    if key == "model.norm_first":
+        return "Pre-LN" if str(value) == "True" else "Post-LN"
+    return f"{_key_name(key)}={value}"
+
+
+def _grid(n: int):
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n])
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _empty(path: Path, text: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    return _save(fig, path)
+
+
+def _curve_stack(arm: Arm, tag: str, window: int):
+    """Per-seed curves of ``tag`` (smoothed) on the common step grid; a diverged run's curve
+    stops at its divergence."""
+    series = [r.curves[tag] for r in arm.runs if tag in r.curves and len(r.curves[tag][0])]
+    if not series:
+        return None, None
+    n = max(len(s[0]) for s in series)
+    steps = max(series, key=lambda s: len(s[0]))[0]
+    stack = np.full((len(series), n), np.nan)
+    for i, (_, v) in enumerate(series):
+        v = np.where(np.isfinite(v), v, np.nan)
+        stack[i, : len(v)] = rolling_mean(v, window) if window > 1 else v
+    return steps, stack
+
+
+def loss_curves(arms: list[Arm], path: Path, window: int = 10) -> Path:
+    """Training loss per arm: mean over seeds (line) and min-max over seeds (band), smoothed
+    over ``window`` steps; log scale."""
+    if not any("train/loss" in r.curves for a in arms for r in a.runs):
+        return _empty(path, "no train/loss scalars found in the event files")
+    panels = _panels(arms)
+    fig, axes = _grid(len(panels))
+    for ax, (title, group) in zip(axes, panels.items()):
+        for a in group:
+            steps, stack = _curve_stack(a, "train/loss", window)
+            if steps is None:
+                continue
+            with np.errstate(all="ignore"):
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    mean, lo, hi = np.nanmean(stack, 0), np.nanmin(stack, 0), np.nanmax(stack, 0)
+            (line,) = ax.plot(steps, mean, lw=1.3, label=f"{a.label} (n={len(a.runs)})")
+            ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.18, lw=0)
+            for r in a.runs:
+                if r.diverged and r.metrics.get("diverged_step") is not None:
+                    ax.axvline(r.metrics["diverged_step"], color=line.get_color(), ls=":", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"train loss ({window}-step mean)")
+        ax.set_title(title or "training loss: mean over seeds, band = min-max", fontsize=9)
+        ax.legend(fontsize=6.5, loc="upper right")
+        ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def early_jitter(arms: list[Arm], path: Path, metric: str = "early_jitter") -> Path:
+    """Early-phase jitter per arm: one dot per seed, the mean as a bar (failed runs hollow)."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(arms) + 1.4))
+    y = np.arange(len(arms))
+    any_value = False
+    for i, a in enumerate(arms):
+        vals = [(r.metrics.get(metric), r.failed) for r in a.runs]
+        ok = [v for v, f in vals if isinstance(v, (int, float)) and v is not None and math.isfinite(v)]
+        if ok:
+            any_value = True
+            ax.barh(i, float(np.mean(ok)), color="C0", alpha=0.35)
+        for v, f in vals:
+            if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+                ax.plot(v, i, "o", mfc="none" if f else "C0", mec="C0", ms=4)
+    ax.set_yticks(y, [a.label for a in arms], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric}: std of the step-to-step loss change over the first 10% of steps")
+    if any_value:
+        ax.set_xscale("log")
+    ax.set_title("early-phase jitter per arm (dots: seeds, hollow = failed run; bar: mean)", fontsize=9)
+    ax.grid(alpha=0.3, axis="x", which="both")
+    return _save(fig, path)
+
+
+def lr_sensitivity(arms: list[Arm], path: Path, l0: float, metric: str = "final_val_loss") -> Path:
+    """Final loss against peak lr, one line per (optimizer, warmup) and any other varying
+    setting; solid = warmup, dashed = none. Failed runs are drawn as x at L0 (the cap)."""
+    groups: dict[tuple, list] = defaultdict(list)
+    for a in arms:
+        for r in a.runs:
+            opt = r.config.get("optimizer.name", "?")
+            warm = (r.metrics.get("warmup_steps") or 0) > 0
+            other = tuple((k, str(v)) for k, v in a.settings.items()
+                          if k not in ("optimizer.lr", "optimizer.name", "run.warmup_steps", "scheduler.name")
+                          and not k.startswith("scheduler.") and not k.startswith("study."))
+            groups[(opt, warm, other)].append(r)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    colors = {}
+    for (opt, warm, other), runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        color = colors.setdefault((opt, other), f"C{len(colors) % 10}")
+        by_lr = defaultdict(list)
+        for r in runs:
+            lr = float(r.metrics.get("peak_lr") or r.config.get("optimizer.lr"))
+            by_lr[lr].append(r)
+        lrs = sorted(by_lr)
+        means = []
+        for lr in lrs:
+            rs = by_lr[lr]
+            ok = [run_loss(r, l0, metric) for r in rs if not r.failed]
+            means.append(np.mean([run_loss(r, l0, metric) for r in rs]))
+            ax.plot([lr] * len(ok), ok, ".", color=color, alpha=0.5, ms=4)
+            nf = sum(r.failed for r in rs)
+            if nf:
+                ax.plot(lr, l0, "x", color=color, ms=8, mew=2)
+                ax.annotate(f"{nf}/{len(rs)}", (lr, l0), textcoords="offset points", xytext=(3, 4),
+                            fontsize=6, color=color)
+        other_txt = " ".join(_setting_text(k, v) for k, v in other)
+        ax.plot(lrs, means, "-" if warm else "--", color=color, marker="o", ms=3.5,
+                label=f"{opt} {'warmup' if warm else 'no warmup'} {other_txt}".strip())
+    ax.axhline(l0, color="grey", lw=0.8, ls=":")
+    ax.text(ax.get_xlim()[0] if ax.has_data() else 0, l0, " L0 (failed runs: x, count failed/seeds)",
+            fontsize=6, va="bottom", color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel(f"{metric} (mean over seeds; failed = L0)")
+    ax.set_title("lr sensitivity: solid = warmup, dashed = no warmup", fontsize=9)
+    ax.legend(fontsize=6.5)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def lr_schedules(arms: list[Arm], path: Path) -> Path:
+    """The lr each arm used (``train/lr`` of its first seed): left, absolute (log scale), one
+    line per arm; right, relative to the peak, one line per distinct shape."""
+    shapes: dict[tuple, list[str]] = {}
+    curves, absolute = {}, []
+    for a in arms:
+        r = next((r for r in a.runs if "train/lr" in r.curves), None)
+        if r is None:
+            continue
+        steps, lr = r.curves["train/lr"]
+        absolute.append((a.label, steps, lr))
+        peak = float(r.metrics.get("peak_lr") or np.nanmax(lr) or 1.0)
+        rel = lr / peak if peak else lr
+        key = tuple(np.round(rel[:: max(1, len(rel) // 200)], 4))
+        shapes.setdefault(key, []).append(a.label)
+        curves[key] = (steps, rel)
+    if not curves:
+        return _empty(path, "no train/lr scalars found in the event files")
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for label, steps, lr in absolute[:24]:
+        ax0.plot(steps, np.where(lr > 0, lr, np.nan), lw=1.1, label=label)
+    ax0.set_yscale("log")
+    ax0.set_xlabel("step")
+    ax0.set_ylabel("learning rate")
+    ax0.set_title("lr per arm" + (" (first 24 arms)" if len(absolute) > 24 else ""), fontsize=9)
+    ax0.legend(fontsize=5.5, ncol=2 if len(absolute) > 12 else 1)
+    ax0.grid(alpha=0.3, which="both")
+    for key, labels in shapes.items():
+        steps, rel = curves[key]
+        text = labels[0] if len(labels) == 1 else f"{labels[0]} (+{len(labels) - 1} arms)"
+        ax1.plot(steps, rel, lw=1.3, label=text)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("lr / peak lr")
+    ax1.set_title("distinct schedule shapes", fontsize=9)
+    ax1.legend(fontsize=6.5)
+    ax1.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def all_plots(arms: list[Arm], out: Path, l0: float, metric: str = "final_val_loss",
+              window: int = 10) -> dict[str, Path]:
+    out = Path(out)
+    return {"loss_curves": loss_curves(arms, out / "loss_curves.png", window),
+            "early_jitter": early_jitter(arms, out / "early_jitter.png"),
+            "lr_sensitivity": lr_sensitivity(arms, out / "lr_sensitivity.png", l0, metric),
+            "lr_schedules": lr_schedules(arms, out / "lr_schedules.png")}

@@ -1,0 +1,101 @@
+"""TensorBoard view of a sweep: per-arm mean curves as runs, and a custom-scalars layout.
+
+Written into the sweep directory:
+
+* ``_arms/<nn>_<label>/``: one TensorBoard run per arm holding ``arm/<tag>/mean``, ``/min`` and
+  ``/max`` over its seeds at every step (for ``train/loss``, ``train/lr``, ``train/grad_norm``,
+  ``train/update_ratio``, ``jitter/loss_std``, ``jitter/spike_ratio``), so arms sit side by side
+  as lines with bands;
+* an event file of the sweep directory itself (suffix ``.layout``) with the custom-scalars
+  layout: Margin charts over the arm runs, and Multiline charts whose regexes match every run's
+  tags. Re-running the analysis replaces both.
+
+``tensorboard --logdir <sweep dir> --samples_per_plugin scalars=100000``, tab "Custom Scalars".
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+from tensorboard.compat.proto.summary_pb2 import Summary
+from torch.utils.tensorboard import SummaryWriter
+
+from .arms import Arm
+
+ARM_TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/update_ratio", "jitter/loss_std",
+            "jitter/spike_ratio")
+LAYOUT_SUFFIX = ".layout"
+
+
+def layout() -> dict:
+    """Custom-scalars layout: {category: {chart: [type, [tags or regexes]]}}."""
+    margin = {f"{t} (arm mean, band = min-max over seeds)": ["Margin", [f"arm/{t}/mean", f"arm/{t}/min", f"arm/{t}/max"]]
+              for t in ARM_TAGS}
+    return {
+        "arms: mean over seeds": margin,
+        "runs: loss and lr": {"train/loss": ["Multiline", [r"^train/loss$"]],
+                              "val/loss": ["Multiline", [r"^val/loss$"]],
+                              "train/lr": ["Multiline", [r"^train/lr(/.*)?$"]]},
+        "runs: jitter": {"rolling loss std": ["Multiline", [r"^jitter/loss_std$"]],
+                         "mean |loss change|": ["Multiline", [r"^jitter/loss_abs_change$"]],
+                         "spike ratio": ["Multiline", [r"^jitter/spike_ratio$"]],
+                         "spike count": ["Multiline", [r"^jitter/spike_count$"]]},
+        "runs: stability": {"grad norm (pre-clip)": ["Multiline", [r"^train/grad_norm$"]],
+                            "update ratio": ["Multiline", [r"^train/update_ratio$"]],
+                            "Adam effective step quantiles": ["Multiline", [r"^train/adam/eff_lr_p\d+$"]],
+                            "Adam log10 effective-step std": ["Multiline", [r"^train/adam/eff_lr_log10_std$"]]},
+    }
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9=._-]+", "_", text).strip("_")[:80] or "arm"
+
+
+def _arm_curves(arm: Arm, tag: str):
+    series = [r.curves[tag] for r in arm.runs if tag in r.curves and len(r.curves[tag][0])]
+    if not series:
+        return None
+    steps = np.array(sorted({int(s) for st, _ in series for s in st}))
+    stack = np.full((len(series), len(steps)), np.nan)
+    pos = {s: i for i, s in enumerate(steps)}
+    for i, (st, v) in enumerate(series):
+        idx = [pos[int(s)] for s in st]
+        stack[i, idx] = np.where(np.isfinite(v), v, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return steps, np.nanmean(stack, 0), np.nanmin(stack, 0), np.nanmax(stack, 0)
+
+
+def write_tensorboard(arms: list[Arm], out: Path) -> Path:
+    """Write the per-arm runs and the layout; returns the ``_arms`` directory."""
+    out = Path(out)
+    arm_root = out / "_arms"
+    if arm_root.exists():
+        shutil.rmtree(arm_root)
+    for old in out.glob(f"events.out.tfevents.*{LAYOUT_SUFFIX}"):
+        old.unlink()
+    for i, arm in enumerate(arms):
+        w = SummaryWriter(log_dir=str(arm_root / f"{i:02d}_{_slug(arm.label)}"))
+        per_step: dict[int, list] = {}
+        for tag in ARM_TAGS:
+            c = _arm_curves(arm, tag)
+            if c is None:
+                continue
+            for s, m, lo, hi in zip(*c):
+                vals = per_step.setdefault(int(s), [])
+                for kind, v in (("mean", m), ("min", lo), ("max", hi)):
+                    if np.isfinite(v):
+                        vals.append(Summary.Value(tag=f"arm/{tag}/{kind}", simple_value=float(v)))
+        for s in sorted(per_step):
+            if per_step[s]:
+                w.file_writer.add_summary(Summary(value=per_step[s]), s)
+        w.add_text("arm", f"{arm.label}: {len(arm.runs)} runs, seeds {arm.seeds}", 0)
+        w.close()
+    w = SummaryWriter(log_dir=str(out), filename_suffix=LAYOUT_SUFFIX)
+    w.add_custom_scalars(layout())
+    w.close()
+    return arm_root
