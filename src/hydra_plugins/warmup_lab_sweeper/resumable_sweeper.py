@@ -1,0 +1,140 @@
+"""``hydra/sweeper: resumable`` -- Hydra's basic sweeper (same grid syntax, same launchers) plus:
+
+* **resume**: with ``trainer.resume=true`` and ``hydra.sweep.dir=<an earlier sweep>``, jobs are
+  matched to that sweep's job directories by their overrides (not their job numbers): finished
+  runs (completed, diverged) are skipped, others (interrupted, failed, killed) run again in
+  their own directory and continue from their last checkpoint, new ones get new directories.
+  Without the flag an existing sweep directory with jobs in it is refused, not overwritten.
+* **failure isolation**: a job that fails is recorded (``status: failed`` and ``error.txt`` in
+  its directory) and the sweep goes on; the end prints a summary (statuses overall and per arm)
+  and writes ``sweep_status.json``. The exit code is 0 unless ``hydra.sweeper.fail_on_error=true``
+  and a job failed.
+
+See docs/sweeps.md. The class must live under ``hydra_plugins`` for Hydra to load it.
+"""
+
+import json
+import logging
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from warmup_lab.sweeps import (IGNORED_OVERRIDES, format_summary, job_dirs, plan_resume, run_status,
+                               summarize)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ResumableSweeperConf:
+    _target_: str = "hydra_plugins.warmup_lab_sweeper.resumable_sweeper.ResumableSweeper"
+    max_batch_size: Optional[int] = None   # jobs handed to the launcher at a time; null = all
+    params: Optional[Dict[str, str]] = None
+    fail_on_error: bool = False            # exit 1 at the end when a job failed (all jobs still run)
+    ignore_overrides: List[str] = field(default_factory=lambda: list(IGNORED_OVERRIDES))
+    arm_ignore: List[str] = field(default_factory=lambda: ["seed"])  # summary: runs of one arm
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="resumable", node=ResumableSweeperConf,
+                             provider="warmup_lab")
+
+
+class ResumableSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
+                 fail_on_error: bool = False, ignore_overrides=IGNORED_OVERRIDES,
+                 arm_ignore=("seed",)) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.fail_on_error = bool(fail_on_error)
+        self.ignore_overrides = tuple(ignore_overrides)
+        self.arm_ignore = tuple(arm_ignore)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        params_conf = self._parse_config()
+        params_conf.extend(arguments)
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        jobs = self.split_arguments(parser.parse_overrides(params_conf), None)[0]
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        resume = bool(OmegaConf.select(self.config, "trainer.resume", default=False))
+        earlier = job_dirs(sweep_dir)
+        if earlier and not resume:
+            raise HydraException(
+                f"{sweep_dir} already holds {len(earlier)} job directories: add trainer.resume=true "
+                f"to continue that sweep (finished runs are skipped, the others continue from their "
+                f"checkpoints), or choose another hydra.sweep.dir")
+        if resume and earlier:
+            plan = plan_resume(jobs, sweep_dir, self.ignore_overrides)
+        else:
+            plan = [{"overrides": list(j), "subdir": None, "action": "new", "status": None} for j in jobs]
+
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        records = [{"dir": str(sweep_dir / p["subdir"]), "overrides": p["overrides"],
+                    "status": p["status"], "action": "skip"} for p in plan if p["action"] == "skip"]
+        todo = [p for p in plan if p["action"] != "skip"]
+        if resume and earlier:
+            n_cont = sum(p["action"] == "continue" for p in todo)
+            print(f"resuming sweep {sweep_dir}: {len(records)} finished (skipped), {n_cont} to "
+                  f"continue, {len(todo) - n_cont} new", flush=True)
+        batch_jobs = [p["overrides"] + ([f"hydra.sweep.subdir={p['subdir']}"] if p["subdir"] else [])
+                      for p in todo]
+
+        returns: List[List[JobReturn]] = []
+        job_idx = 0
+        for batch_plan, batch in zip(self._chunks(todo), self._chunks(batch_jobs)):
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=job_idx)
+            job_idx += len(batch)
+            returns.append(list(results))
+            for p, r in zip(batch_plan, results):
+                records.append(self._record(p, r))
+
+        summary = summarize(records, self.ignore_overrides, self.arm_ignore)
+        summary["sweep_dir"] = str(sweep_dir)
+        (sweep_dir / "sweep_status.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        skipped = sum(r.get("action") == "skip" for r in records)
+        for line in format_summary(summary, skipped):
+            print(line, flush=True)
+        if summary["failed"] and self.fail_on_error:
+            raise HydraException(f"{len(summary['failed'])} run(s) failed (hydra.sweeper.fail_on_error=true)")
+        return returns
+
+    def _chunks(self, items: list) -> list[list]:
+        n = self.max_batch_size or len(items) or 1
+        return [items[i : i + n] for i in range(0, len(items), n)]
+
+    @staticmethod
+    def _record(plan: dict, r: JobReturn) -> dict:
+        """The job's status; an exception that escaped the task (not caught by train.py) is
+        written to the job's error.txt / metrics.json here, so it is never lost."""
+        run_dir = None
+        if r.hydra_cfg is not None:
+            run_dir = OmegaConf.select(r.hydra_cfg, "hydra.runtime.output_dir")
+        if r.status == JobStatus.COMPLETED and isinstance(r._return_value, dict):
+            status = r._return_value.get("status") or (run_status(Path(run_dir)) if run_dir else "unfinished")
+        elif r.status == JobStatus.COMPLETED:
+            status = run_status(Path(run_dir)) if run_dir else "unfinished"
+        else:
+            status = "failed"
+            err = r._return_value
+            text = ("".join(traceback.format_exception(type(err), err, err.__traceback__))
+                    if isinstance(err, BaseException) else str(err))
+            log.error("job %s failed: %s", r.overrides, text.strip().splitlines()[-1] if text.strip() else "")
+            if run_dir and run_status(Path(run_dir)) != "failed":
+                d = Path(run_dir)
+                d.mkdir(parents=True, exist_ok=True)
+                (d / "error.txt").write_text(text)
+                (d / "metrics.json").write_text(json.dumps(
+                    {"status": "failed", "error": f"{type(err).__name__}: {err}", "run_dir": str(d)},
+                    indent=2) + "\n")
+        return {"dir": str(run_dir), "overrides": list(plan["overrides"]), "status": status,
+                "action": plan["action"]}

@@ -1,0 +1,183 @@
+"""Checkpoints of one run: atomic writes, the last two kept, safe loading with fallback.
+
+A checkpoint is one ``torch.save`` file ``<run_dir>/checkpoints/step_<step>.pt`` holding only
+tensors and plain Python types (the RNG states included), so it loads with
+``torch.load(weights_only=True)``: no pickled code runs when a checkpoint is read. A file is
+written to a temporary name and renamed into place, so a reader sees a whole checkpoint or
+none; the newest :data:`KEEP` are kept. A truncated or corrupt newest file is moved aside
+(``*.corrupt``) with a warning and the previous one is used.
+
+The state itself comes from :meth:`warmup_lab.trainer.Trainer.state_dict`; this module adds
+the RNG helpers and the run's identity (``run_config``), which a resumed run must match.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+KEEP = 2
+FOLDER = "checkpoints"
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+REQUIRED = ("format", "step", "purge_step", "model", "optimizer", "lr_adapter", "sampler", "rng",
+            "result", "config")
+
+# Keys that do not change what a run computes: a run may be resumed with other values of these
+# (e.g. another thread count or launcher). Dotted paths into the composed config.
+VOLATILE_KEYS = ("trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
+                 "trainer.checkpoint_interval", "trainer.compile", "trainer.compile_optimizer",
+                 "trainer.channels_last", "paths")
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint, or one written by a different config; the message says what to do."""
+
+
+# -- identity -------------------------------------------------------------------------------------
+def run_config(cfg: DictConfig) -> str:
+    """The resolved config without :data:`VOLATILE_KEYS`, as canonical JSON: what a checkpoint
+    must have been written by for a run to continue from it."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in VOLATILE_KEYS:
+        *parents, last = key.split(".")
+        node = data
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def config_diff(old: str, new: str, limit: int = 5) -> list[str]:
+    """``key: old -> new`` lines for the leaves that differ between two :func:`run_config`."""
+    def flat(node, prefix="", out=None):
+        out = {} if out is None else out
+        if isinstance(node, dict):
+            for k, v in node.items():
+                flat(v, f"{prefix}.{k}" if prefix else str(k), out)
+        else:
+            out[prefix] = node
+        return out
+
+    a, b = flat(json.loads(old)), flat(json.loads(new))
+    lines = [f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}"
+             for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+# -- RNG states as tensors and plain types ---------------------------------------------------------
+def rng_state() -> dict:
+    """torch (CPU and, once initialised, every CUDA device), numpy's global and Python's
+    ``random`` states, in types that ``weights_only`` loading accepts."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss_next = random.getstate()
+    cuda = (torch.cuda.get_rng_state_all()
+            if torch.cuda.is_available() and torch.cuda.is_initialized() else [])
+    return {"torch": torch.get_rng_state(), "cuda": cuda,
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": {"version": version, "state": list(py_state), "gauss_next": gauss_next}}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        for i, s in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+# -- files ----------------------------------------------------------------------------------------
+def checkpoint_files(folder: str | Path) -> list[Path]:
+    """The checkpoints in ``folder``, newest (highest step) first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def save(folder: str | Path, state: dict, keep: int = KEEP) -> Path:
+    """Write ``state`` atomically as ``step_<step>.pt`` (temporary file, fsync, rename), then
+    delete all but the newest ``keep`` checkpoints."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{int(state['step']):09d}.pt"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    for old in checkpoint_files(folder)[keep:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load(path: str | Path) -> dict:
+    """Read one checkpoint safely (``weights_only``) on the CPU and check it is complete."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a checkpoint dict")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    if state["format"] != FORMAT:
+        raise CheckpointError(f"{path} has format {state['format']}, this code reads {FORMAT}")
+    return state
+
+
+def load_latest(folder: str | Path) -> tuple[dict, Path] | None:
+    """The newest readable checkpoint in ``folder`` and its path, or None when there is none.
+
+    An unreadable one (truncated, corrupt, incomplete) is logged, renamed to ``*.corrupt`` and
+    skipped for the one before it. Raises :class:`CheckpointError` when checkpoints exist but
+    none can be read."""
+    folder = Path(folder)
+    problems = []
+    for path in checkpoint_files(folder):
+        try:
+            return load(path), path
+        except Exception as err:  # noqa: BLE001 - any failure to read means: use the previous one
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            aside = path.with_name(path.name + ".corrupt")
+            try:
+                path.replace(aside)
+            except OSError:
+                aside = path
+            log.warning("checkpoint %s cannot be read (%s); moved it to %s and falling back to "
+                        "the previous checkpoint", path, reason, aside.name)
+            problems.append(f"{path.name}: {reason}")
+    if problems:
+        raise CheckpointError(f"no readable checkpoint in {folder} ({'; '.join(problems)}); "
+                              f"delete {folder} to start this run again from step 0")
+    return None

@@ -1,0 +1,166 @@
+"""Sweep bookkeeping: a run's identity from its overrides, earlier job directories, summaries.
+
+A run is identified by its **overrides** (``.hydra/overrides.yaml`` of its directory), not by
+its job number: ``seed=0 optimizer=sgd`` is the same run whatever its place in the sweep, and
+whichever order the command line lists the values in. Overrides that do not change what a run
+computes (:data:`IGNORED_OVERRIDES`: the resume flag, progress bars, threads, device,
+checkpoint interval, launcher, output paths) are left out of the identity.
+
+Used by the resumable sweeper (``hydra_plugins/warmup_lab_sweeper``) and by ``train.py``
+(``trainer.resume=true`` for a single run). No torch import here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+FINISHED = ("completed", "diverged")
+STATUSES = ("completed", "diverged", "failed", "interrupted", "unfinished")
+IGNORED_OVERRIDES = ("trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
+                     "trainer.checkpoint_interval", "trainer.compile", "trainer.compile_optimizer",
+                     "trainer.channels_last", "launcher", "paths", "hydra")
+
+
+def _parse(overrides):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(list(overrides))
+
+
+def _ignored(key: str, ignore) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in ignore)
+
+
+def override_key(overrides, ignore=IGNORED_OVERRIDES) -> tuple[str, ...]:
+    """The run's identity: its overrides as sorted ``key=value`` strings, ``+``/``++`` prefixes
+    and value spelling (``1e-1`` = ``0.1``) normalised, ``ignore``d keys (and their children)
+    left out."""
+    out = []
+    for o in _parse(overrides):
+        key = o.key_or_group + (f"@{o.package}" if o.package else "")
+        if _ignored(o.key_or_group, ignore):
+            continue
+        if o.is_delete():
+            out.append(f"~{key}")
+        else:
+            value = o.value()
+            text = json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value
+            out.append(f"{key}={text}")
+    return tuple(sorted(out))
+
+
+def read_overrides(run_dir: Path) -> list[str] | None:
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    return [str(x) for x in OmegaConf.to_container(OmegaConf.load(path))]
+
+
+def run_status(run_dir: Path) -> str:
+    """``status`` of ``metrics.json``; ``unfinished`` when there is none (never started, or
+    killed without a chance to write it)."""
+    try:
+        return json.loads((Path(run_dir) / "metrics.json").read_text()).get("status") or "unfinished"
+    except (OSError, ValueError):
+        return "unfinished"
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Directories under ``sweep_dir`` that Hydra ran a job in (they hold ``.hydra/overrides.yaml``)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        return []
+    return sorted(p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")
+                  if ".submitit" not in p.relative_to(sweep_dir).parts)
+
+
+def index_runs(dirs, ignore=IGNORED_OVERRIDES) -> dict[tuple, Path]:
+    """Identity -> directory; when a run appears twice, a finished one wins, then the newest."""
+    best: dict[tuple, Path] = {}
+    for d in dirs:
+        overrides = read_overrides(d)
+        if overrides is None:
+            continue
+        key = override_key(overrides, ignore)
+        old = best.get(key)
+        if old is None or _rank(d) >= _rank(old):
+            best[key] = d
+    return best
+
+
+def latest_run(dirs, overrides, ignore=IGNORED_OVERRIDES, exclude: Path | None = None) -> Path | None:
+    """The most recently active directory among ``dirs`` whose run has these overrides."""
+    key = override_key(overrides, ignore)
+    exclude = Path(exclude).resolve() if exclude is not None else None
+    found = [d for d in dirs if Path(d).resolve() != exclude and (o := read_overrides(d)) is not None
+             and override_key(o, ignore) == key]
+    return max(found, key=lambda d: _rank(d)[1], default=None)
+
+
+def _rank(d: Path) -> tuple:
+    meta = Path(d) / "run_meta.json"
+    return (run_status(d) in FINISHED, meta.stat().st_mtime if meta.exists() else 0.0)
+
+
+def plan_resume(jobs: list[list[str]], sweep_dir: Path, ignore=IGNORED_OVERRIDES) -> list[dict]:
+    """For each job of a sweep (its override list), where it runs on resume: ``skip`` (finished
+    before, in ``dir``), ``continue`` (an earlier unfinished, interrupted or failed run of the
+    same overrides: its directory, so it continues from its checkpoint) or ``new`` (a directory
+    name after the highest numbered one)."""
+    sweep_dir = Path(sweep_dir)
+    known = index_runs(job_dirs(sweep_dir), ignore)
+    numbers = [int(d.name) for d in job_dirs(sweep_dir) if d.name.isdigit()]
+    next_num = max(numbers, default=-1) + 1
+    plan, taken = [], set()
+    for job in jobs:
+        key = override_key(job, ignore)
+        d = known.get(key)
+        if d is not None and key not in taken:
+            taken.add(key)
+            status = run_status(d)
+            action = "skip" if status in FINISHED else "continue"
+            plan.append({"overrides": list(job), "subdir": d.relative_to(sweep_dir).as_posix(),
+                         "action": action, "status": status})
+        else:
+            plan.append({"overrides": list(job), "subdir": str(next_num), "action": "new",
+                         "status": None})
+            next_num += 1
+    return plan
+
+
+# -- summary -----------------------------------------------------------------------------------
+def summarize(records: list[dict], ignore=IGNORED_OVERRIDES, arm_ignore=("seed",)) -> dict:
+    """Counts of run statuses over the sweep and per arm. ``records``: ``{"dir", "overrides",
+    "status"}`` per job. An arm is the overrides that vary across the jobs, less ``arm_ignore``
+    (the seed): the runs that should agree up to noise."""
+    keys = [dict(k.split("=", 1) if "=" in k else (k, "") for k in override_key(r["overrides"], ignore))
+            for r in records]
+    varying = sorted({k for d in keys for k in d if len({e.get(k) for e in keys}) > 1}
+                     - set(arm_ignore))
+    arms: dict[str, Counter] = {}
+    for r, d in zip(records, keys):
+        label = " ".join(f"{k}={d[k]}" for k in varying if k in d) or "(all)"
+        arms.setdefault(label, Counter())[r["status"]] += 1
+    total = Counter(r["status"] for r in records)
+    return {"jobs": len(records), "counts": dict(total),
+            "arms": {label: dict(c) for label, c in arms.items()},
+            "failed": [r["dir"] for r in records if r["status"] == "failed"],
+            "records": records}
+
+
+def format_summary(summary: dict, skipped: int = 0) -> list[str]:
+    counts = summary["counts"]
+    parts = [f"{counts[s]} {s}" for s in STATUSES if counts.get(s)]
+    parts += [f"{n} {s}" for s, n in counts.items() if s not in STATUSES]
+    lines = [f"sweep: {summary['jobs']} runs: {', '.join(parts) or 'none'}"
+             + (f" ({skipped} finished earlier, skipped)" if skipped else "")]
+    if len(summary["arms"]) > 1 and any(s in counts for s in ("failed", "diverged", "interrupted")):
+        for label, c in summary["arms"].items():
+            lines.append(f"  {label}: " + ", ".join(f"{c[s]} {s}" for s in STATUSES if c.get(s)))
+    if summary["failed"]:
+        lines.append("failed runs (traceback in error.txt): " + " ".join(summary["failed"]))
+    return lines
