@@ -1,28 +1,78 @@
 """Train one model from Hydra config: `python train.py [group=option ...] [key=value ...]`."""
 
+import signal
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import warmup_lab  # noqa: F401  (registers config resolvers)
-from warmup_lab.run import run
+from warmup_lab.checkpoint import CheckpointError
+from warmup_lab.launch import assign_gpu
+from warmup_lab.run import record_failure, run
+from warmup_lab.sweeps import latest_run
 from warmup_lab.validate import ConfigError
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    run_dir = HydraConfig.get().runtime.output_dir
+def main(cfg: DictConfig) -> dict:
+    hc = HydraConfig.get()
+    run_dir = hc.runtime.output_dir
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:  # parallel jobs on one machine with several GPUs: one GPU each (launch.py)
+        assign_gpu(hc.job.num, hc.runtime.choices.get("hydra/launcher"), cfg.trainer.device)
+    elif cfg.trainer.resume:
+        run_dir = resume_dir(cfg, hc, run_dir)
     try:
         metrics = run(cfg, run_dir)
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:
+        if multirun:  # one bad job does not stop the sweep (docs/sweeps.md)
+            print(f"error: {err}", file=sys.stderr)
+            return record_failure(run_dir, err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:
+        if multirun:  # run() wrote error.txt (traceback) and metrics.json (status: failed)
+            print(f"error: job failed ({type(err).__name__}: {err}); traceback in {run_dir}/error.txt",
+                  file=sys.stderr)
+            return {"status": "failed", "error": f"{type(err).__name__}: {err}", "run_dir": str(run_dir)}
+        raise
+    if metrics["status"] == "interrupted":
+        name = metrics.get("interrupted_by") or "SIGTERM"
+        print(f"interrupted by {name} at step {metrics['steps']}; checkpoint in {run_dir}/checkpoints\n"
+              f"continue: the same command with hydra.run.dir={run_dir} (or trainer.resume=true; a "
+              f"sweep: -m ... hydra.sweep.dir=<its dir> trainer.resume=true)", file=sys.stderr)
+        if not multirun or hc.runtime.choices.get("hydra/launcher") == "basic":
+            sys.exit(128 + signal.Signals[name].value)  # a basic sweep stops here
+        return metrics  # a worker of a parallel launcher: recorded, the launcher decides
     acc = metrics.get("final_val_acc")
     print(f"{metrics['status']}: {metrics['steps']} steps, val loss {metrics.get('final_val_loss')}"
           + (f", val acc {acc:.4f}" if acc is not None else "") + f"\nlogs: {run_dir}"
           + f"\nview: tensorboard --logdir {cfg.paths.output_root}")
+    return metrics
+
+
+def resume_dir(cfg: DictConfig, hc, fresh_dir: str) -> str:
+    """``trainer.resume=true`` in a single run: the latest earlier run under
+    ``<output_root>/runs`` with the same overrides (ignoring the flag itself), or ``fresh_dir``
+    when there is none. A directory given with ``hydra.run.dir`` continues on its own."""
+    if (Path(fresh_dir) / "checkpoints").is_dir() or (Path(fresh_dir) / "metrics.json").exists():
+        return fresh_dir
+    runs = Path(cfg.paths.output_root) / "runs"
+    dirs = [p.parent.parent for p in runs.glob("*/*/.hydra/overrides.yaml")
+            if not (p.parent.parent / "resumed_in.txt").exists()]
+    found = latest_run(dirs, list(hc.overrides.task), exclude=Path(fresh_dir))
+    if found is None:
+        print(f"trainer.resume=true: no earlier run with these overrides under {runs}; starting one",
+              file=sys.stderr)
+        return fresh_dir
+    print(f"trainer.resume=true: continuing {found} (this session's Hydra log: {fresh_dir})",
+          file=sys.stderr)
+    (Path(fresh_dir) / "resumed_in.txt").write_text(f"{found}\n")
+    return str(found)
 
 
 if __name__ == "__main__":

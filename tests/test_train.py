@@ -44,9 +44,11 @@ def test_tensorboard_has_every_step_and_hparams_in_the_run_dir(tmp_path):
     assert [s for s, _ in scalars["val/loss"]] == [3, 6, 9]
     assert scalars["val/loss"][-1][1] == pytest.approx(metrics["final_val_loss"], rel=1e-6)
     assert scalars["hparam/final_val_loss"][0][1] == pytest.approx(metrics["final_val_loss"], rel=1e-6)
-    # one run = one directory: the hparams plugin data sits in this run's own event file
+    # one run = one directory: the hparams plugin data sits in this run's own event file (the
+    # only subdirectory is checkpoints/, which holds no events)
     events = list(tmp_path.glob("events.out.tfevents.*"))
-    assert len(events) == 1 and not [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(events) == 1 and [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["checkpoints"]
+    assert not list((tmp_path / "checkpoints").glob("events.out.tfevents.*"))
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(tmp_path))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import random
@@ -14,8 +16,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .checkpoint import FOLDER as CHECKPOINTS, CheckpointError, config_diff, load_latest, run_config
+from .checkpoint import save as save_checkpoint
+from . import fastpath
 from .optim import build_optimizer
 from .runinfo import now, run_metadata, write_json
+from .signals import GracefulStop
+from .sweeps import FINISHED
 from .tb import RunWriter, flat_hparams
 from .trainer import Trainer
 from .validate import ConfigError, check_schedule, validate
@@ -49,10 +56,34 @@ def total_steps(cfg: DictConfig, steps_per_epoch: int) -> int:
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train once and write ``metrics.json``, ``run_meta.json`` and TensorBoard events into
     ``run_dir``. Returns the metrics. A bad config raises ``ConfigError`` before anything is
-    built; a NaN/inf loss ends the run with ``status: diverged`` (not an exception)."""
+    built; a NaN/inf loss ends the run with ``status: diverged`` (not an exception).
+
+    Checkpoints go to ``run_dir/checkpoints`` (docs/sweeps.md). A ``run_dir`` that holds one
+    continues from it (the config must match); one that holds a finished run returns its
+    metrics without training. SIGTERM/SIGINT end the run after the current step with a
+    checkpoint and ``status: interrupted`` (``interrupted_by`` names the signal)."""
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    identity = run_config(cfg)
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    done = _read_json(run_dir / "metrics.json")
+    if done and done.get("status") in FINISHED:
+        if done.get("config_digest") not in (None, digest):
+            raise CheckpointError(f"{run_dir} holds a finished run of a different config: start "
+                                  f"this one in a new directory")
+        log.info("%s already finished (%s): nothing to do; delete it to run again", run_dir, done["status"])
+        return done
+    ckpt_dir = run_dir / CHECKPOINTS
+    loaded = load_latest(ckpt_dir)  # CheckpointError when checkpoints exist but none is readable
+    state = loaded[0] if loaded else None
+    if state is not None and state["config"] != identity:
+        raise CheckpointError(
+            f"{loaded[1]} was written by a different config ({'; '.join(config_diff(state['config'], identity))}): "
+            f"continue it with its own overrides, or start this config in a new directory")
+    resumed_from = int(state["step"]) if state is not None else None
+    prior_wall = float(state.get("wall_time_s", 0.0)) if state is not None else 0.0
+    old_meta = (_read_json(run_dir / "run_meta.json") or {}) if state is not None else {}
     tr = cfg.trainer
     torch.set_num_threads(tr.threads or os.cpu_count() or 1)
     if tr.deterministic:
@@ -61,10 +92,19 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     device = resolve_device(tr.device)
     seed_everything(cfg.seed)
     meta = run_metadata(device, cfg.seed)
+    meta.update(config_digest=digest, status="running", resumed_from_step=resumed_from,
+                first_start_time=old_meta.get("first_start_time", old_meta.get("start_time", meta["start_time"])))
+    sessions = list(old_meta.get("sessions", []))
     write_json(run_dir / "run_meta.json", meta)
     metrics = {"status": "failed", "diverged_step": None}
     started = time.perf_counter()
-    writer = None
+    writer = trainer = None
+    stop = GracefulStop().__enter__()  # SIGTERM/SIGINT: stop after the step (signals.py)
+
+    def checkpoint_fn(state: dict):
+        state.update(config=identity, wall_time_s=prior_wall + time.perf_counter() - started)
+        return save_checkpoint(ckpt_dir, state)
+
     try:
         data = instantiate(cfg.data).to(device)
         sampler_steps = data.sampler(tr.batch_size, cfg.seed).steps_per_epoch
@@ -72,7 +112,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         schedule = check_schedule(cfg, steps)
         model = instantiate(cfg.model, _partial_=True)(spec=data.spec).to(device)
         optimizer = build_optimizer(cfg.optimizer, model)
-        writer = RunWriter(run_dir)
+        fastpath.apply(model, optimizer, tr, device, is_image=len(data.spec.input_shape) == 3)
+        writer = RunWriter(run_dir, purge_step=state["purge_step"] if state is not None else None)
         extra = {"resolved.total_steps": steps, "resolved.steps_per_epoch": sampler_steps,
                  "resolved.params": sum(p.numel() for p in model.parameters()),
                  **{f"resolved.{k}": v for k, v in schedule.info().items()}}
@@ -80,26 +121,73 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         trainer = Trainer(model, optimizer, schedule, data, writer, total_steps=steps,
                           batch_size=tr.batch_size, seed=cfg.seed, device=device,
                           eval_interval=tr.eval_interval, log_interval=tr.log_interval,
-                          grad_clip=tr.grad_clip, precision=tr.precision, progress=tr.progress)
+                          grad_clip=tr.grad_clip, precision=tr.precision, progress=tr.progress,
+                          metrics=OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None,
+                          checkpoint_interval=tr.get("checkpoint_interval"), checkpoint_fn=checkpoint_fn)
+        stop.attach(trainer)
+        if state is not None:
+            trainer.load_state_dict(state)
+            trainer.relog_val(int(state["purge_step"]))
+            log.info("resumed from step %d (%s)", resumed_from, loaded[1].name)
+            state = loaded = None  # free the checkpoint's tensors
         result = trainer.fit()
         if result.status == "diverged":
             log.warning("diverged: non-finite training loss at step %d", result.diverged_step)
             result.final_val_loss = result.final_val_acc = None
         metrics = {k: v for k, v in vars(result).items() if k != "history"}
+        metrics.update(trainer.stability_summary())  # jitter/stability numbers (docs/metrics.md)
         metrics.update(total_steps=steps, warmup_steps=schedule.warmup_steps,
                        peak_lr=float(cfg.optimizer.lr), data=data.info, val_history=result.history["val"])
-        writer.end_hparams({**metrics, "diverged": float(result.status == "diverged")}, result.steps)
+        metrics.update(config_digest=digest, resumed_from_step=resumed_from)
+        if result.status == "interrupted":  # no final hparam values yet: the run goes on later
+            metrics["interrupted_by"] = stop.signal_name
+            log.warning("interrupted at step %d by %s; checkpoint in %s", result.steps,
+                        stop.signal_name, ckpt_dir)
+        else:
+            writer.end_hparams({**metrics, "diverged": float(result.status == "diverged")}, result.steps)
     except ConfigError:
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint stays the one to resume from
+        metrics.update(status="interrupted", interrupted_by="SIGINT")
         raise
     except Exception as err:
         metrics["error"] = f"{type(err).__name__}: {err}"
         (run_dir / "error.txt").write_text(traceback.format_exc())
         raise
     finally:
-        metrics["wall_time_s"] = round(time.perf_counter() - started, 3)
+        stop.restore()
+        metrics["wall_time_s"] = round(prior_wall + time.perf_counter() - started, 3)
         metrics["run_dir"] = str(run_dir)
         write_json(run_dir / "metrics.json", metrics)
-        write_json(run_dir / "run_meta.json", {**meta, "end_time": now(), "status": metrics["status"]})
+        end = now()
+        sessions.append({"start_time": meta["start_time"], "end_time": end, "status": metrics["status"],
+                         "from_step": resumed_from or 0, "to_step": trainer.step if trainer else resumed_from,
+                         "hostname": meta.get("hostname"), "device_name": meta.get("device_name")})
+        write_json(run_dir / "run_meta.json", {**meta, "end_time": end, "status": metrics["status"],
+                                               "sessions": sessions})
         if writer is not None:
             writer.close()
+    if metrics["status"] == "interrupted":
+        stop.hand_over()  # under submitit: its handler requeues the job and exits the process
+    return metrics
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def record_failure(run_dir: str | Path, err: BaseException) -> dict:
+    """For a job of a sweep that failed before ``run`` could record it (a ``ConfigError``):
+    ``error.txt`` with the traceback and ``metrics.json`` with ``status: failed``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.txt").write_text("".join(traceback.format_exception(type(err), err, err.__traceback__)))
+    metrics = {"status": "failed", "error": f"{type(err).__name__}: {err}", "run_dir": str(run_dir)}
+    previous = _read_json(run_dir / "metrics.json")
+    if previous and previous.get("status") in FINISHED:  # never overwrite a finished run's record
+        return {**metrics, "status": previous["status"]}
+    write_json(run_dir / "metrics.json", metrics)
     return metrics

@@ -52,4 +52,54 @@ def run_metadata(device, seed: int) -> dict:
         info["device_name"] = torch.cuda.get_device_name(device)
     else:
         info["device_name"] = platform.processor() or platform.machine()
+    info["versions"] = package_versions()
+    info.update(launch_info())
     return info
+
+
+def package_versions() -> dict:
+    import numpy
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+           "numpy": numpy.__version__}
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("torchvision", "hydra-core", "omegaconf", "tensorboard", "warmup-lab"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def launch_info() -> dict:
+    """How this process was started: the Hydra overrides of this run and the command that
+    repeats it alone (under a launcher ``command`` is the worker's), the sweep job, the
+    launcher, the cluster job id and the GPUs it may see."""
+    env = os.environ
+    info = {"pid": os.getpid(), "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
+            "slurm_job_id": env.get("SLURM_ARRAY_JOB_ID", env.get("SLURM_JOB_ID")),
+            "slurm_array_task_id": env.get("SLURM_ARRAY_TASK_ID"),
+            "submitit_executor": env.get("SUBMITIT_EXECUTOR")}
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            hc = HydraConfig.get()
+            overrides = [str(o) for o in hc.overrides.task]
+            info.update(overrides=overrides, hydra_mode=str(hc.mode).rsplit(".", 1)[-1],
+                        launcher=hc.runtime.choices.get("hydra/launcher"),
+                        job_num=hc.job.get("num"), sweep_dir=hc.sweep.dir if str(hc.mode).endswith("MULTIRUN") else None,
+                        rerun=" ".join(["python", "train.py", *(_quote(o) for o in overrides),
+                                        f"hydra.run.dir={_quote(hc.runtime.output_dir)}"]))
+    except Exception:  # noqa: BLE001 - metadata must never fail a run
+        pass
+    return info
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(str(text))

@@ -31,6 +31,17 @@ class StepBuffer:
             row[self.index[name]] = value
         self.steps.append(step)
 
+    def column(self, name: str) -> torch.Tensor:
+        """The filled rows of one column (a device view; no host synchronisation)."""
+        return self.values[: len(self.steps), self.index[name]]
+
+    def set_columns(self, **columns: torch.Tensor) -> None:
+        """Overwrite the filled rows of columns with device tensors of that length (metrics
+        computed for a whole block at the flush)."""
+        n = len(self.steps)
+        for name, value in columns.items():
+            self.values[:n, self.index[name]] = value
+
     def drain(self) -> tuple[list[int], dict[str, list[float]]]:
         """The buffered steps and, per column, their values on the host; empties the buffer."""
         n = len(self.steps)
@@ -38,3 +49,18 @@ class StepBuffer:
         steps, self.steps = self.steps, []
         self.values[:n] = float("nan")
         return steps, {name: [r[j] for r in rows] for name, j in self.index.items()}
+
+    def state_dict(self) -> dict:
+        """The filled rows (a CPU copy) and their steps, for checkpoints."""
+        n = len(self.steps)
+        return {"columns": list(self.columns), "steps": list(self.steps),
+                "values": self.values[:n].detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["columns"]) != list(self.columns):
+            raise ValueError(f"step buffer columns {state['columns']} in the checkpoint differ from "
+                             f"{list(self.columns)}")
+        n = len(state["steps"])
+        self.values.fill_(float("nan"))
+        self.values[:n] = state["values"].to(self.values.device, self.values.dtype)
+        self.steps = list(state["steps"])

@@ -5,6 +5,7 @@ Each failure is a ``ConfigError`` whose message is one line naming the key and w
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -48,6 +49,27 @@ def check_device(device: str) -> None:
         raise ConfigError(f"trainer.device={device} but MPS is not available here: use cpu or auto")
 
 
+def check_metrics(m) -> None:
+    """``trainer.metrics`` (docs/metrics.md)."""
+    if m is None:
+        return
+    w = m.get("jitter_window")
+    if w is not None and (not _is_int(w) or w < 2):
+        raise ConfigError(f"trainer.metrics.jitter_window={w} is invalid: must be an integer >= 2")
+    if m.get("layer_interval") is not None:
+        _positive_int(m, "trainer.metrics.layer_interval")
+    for key, lo, hi in (("spike_threshold", 0.0, math.inf), ("early_fraction", 0.0, 1.0)):
+        v = m.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi):
+            raise ConfigError(f"trainer.metrics.{key}={v} is invalid: must be a number in ({lo:g}, {hi:g}]")
+    t = m.get("loss_threshold")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
+        raise ConfigError(f"trainer.metrics.loss_threshold={t} is invalid: must be null or a number")
+    for key in ("update_ratio", "layers"):
+        if not isinstance(m.get(key, True), bool):
+            raise ConfigError(f"trainer.metrics.{key}={m.get(key)} is invalid: must be true or false")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` for the first bad value found."""
     opt, tr, data = cfg.optimizer, cfg.trainer, cfg.data
@@ -79,6 +101,7 @@ def validate(cfg: DictConfig) -> None:
         _positive_int(tr, "trainer.checkpoint_interval")
     if not isinstance(tr.get("resume", False), bool):
         raise ConfigError(f"trainer.resume={tr.get('resume')} is invalid: must be true or false")
+    check_metrics(tr.get("metrics"))
     check_device(tr.device)
 
     if data.get("path") is not None and not Path(str(data.path)).expanduser().is_file():

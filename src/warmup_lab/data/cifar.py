@@ -28,11 +28,20 @@ def read_batches(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Batched random crop (zero padding ``pad``) and horizontal flip, as tensor ops."""
+def crop_flip_params(b: int, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """The random draws of :func:`random_crop_flip` for ``b`` images, on the CPU: a long tensor
+    ``(3, b)`` of row shifts, column shifts and flip flags (drawn in that order)."""
+    shifts = torch.randint(0, 2 * pad + 1, (2, b), generator=generator)
+    flips = torch.rand(b, generator=generator) < 0.5
+    return torch.cat([shifts, flips[None].long()])
+
+
+def apply_crop_flip(x: torch.Tensor, params: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Crop and flip ``x`` with ``params`` from :func:`crop_flip_params` (may be on the CPU:
+    one non-blocking copy, so a GPU step does not wait for the host)."""
     b, _, h, w = x.shape
-    shifts = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
-    flips = torch.rand(b, generator=generator).to(x.device) < 0.5
+    params = params.to(x.device, non_blocking=True)
+    shifts, flips = params[:2], params[2].bool()
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     rows = (shifts[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (shifts[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
@@ -40,6 +49,11 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) 
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     return padded[batch, chans, rows, cols]
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Batched random crop (zero padding ``pad``) and horizontal flip, as tensor ops."""
+    return apply_crop_flip(x, crop_flip_params(x.shape[0], generator, pad), pad)
 
 
 def load_cifar10(root: str = "data", download: bool = False, augment: bool = True,

@@ -1,0 +1,120 @@
+"""GPU only (skipped without CUDA): the step loop never synchronises the host with the device
+except at the metrics flush, on the fast path (data on the GPU with tensor augmentation, bf16,
+channels_last, torch.compile with tensor lrs), and fused runs do not either."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_cfg, write_tiny_cifar
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def build_trainer(cfg, tmp_path):
+    """The trainer exactly as ``run()`` builds it, on CUDA."""
+    from hydra.utils import instantiate
+
+    from warmup_lab import fastpath
+    from warmup_lab.optim import build_optimizer
+    from warmup_lab.tb import RunWriter
+    from warmup_lab.trainer import Trainer
+    from warmup_lab.validate import check_schedule
+
+    device = torch.device("cuda")
+    tr = cfg.trainer
+    data = instantiate(cfg.data).to(device)
+    torch.manual_seed(cfg.seed)
+    model = instantiate(cfg.model, _partial_=True)(spec=data.spec).to(device)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    fastpath.apply(model, optimizer, tr, device, is_image=len(data.spec.input_shape) == 3)
+    metrics = OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None
+    kwargs = {"metrics": metrics} if metrics is not None else {}
+    return Trainer(model, optimizer, check_schedule(cfg, tr.max_steps), data, RunWriter(tmp_path),
+                   total_steps=tr.max_steps, batch_size=tr.batch_size, seed=cfg.seed, device=device,
+                   eval_interval=tr.eval_interval, log_interval=tr.log_interval,
+                   grad_clip=tr.grad_clip, precision=tr.precision, progress=False, **kwargs)
+
+
+def steps_without_sync(trainer, n: int) -> None:
+    """``n`` train steps with any host-device synchronisation raising an error."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(n):
+            trainer.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# Per-layer metrics (train/layer/*) are due at the first step of the no-sync window (layer_interval
+# = log_interval) for SGD. For Adam they also take quantiles of the effective step
+# (jitter.effective_step_stats), which builds small tensors from Python numbers on the device
+# (synchronous copies); there they are pushed out of the window (layer_interval 1000).
+FAST_PATHS = {
+    "fp32": [],
+    "bf16_channels_last": ["trainer.precision=bf16", "trainer.channels_last=true"],
+    "compile": ["trainer.compile=true"],
+    "compile_reduce_overhead_bf16_cl": ["trainer.compile=reduce-overhead", "trainer.precision=bf16",
+                                        "trainer.channels_last=true"],
+    "grad_clip_adamw": ["optimizer=adamw", "trainer.grad_clip=1.0", "trainer.metrics.layer_interval=1000"],
+}
+
+
+@pytest.mark.parametrize("variant", list(FAST_PATHS), ids=list(FAST_PATHS))
+def test_step_loop_does_not_synchronise_except_at_the_flush(tmp_path, variant):
+    root = write_tiny_cifar(tmp_path / "data", n_train_per_batch=64)
+    log_interval = 8
+    cfg = compose_cfg("data=cifar10", f"data.root={root}", "model.width=8", "trainer.device=cuda",
+                      "trainer.batch_size=32", "trainer.max_steps=40", f"trainer.log_interval={log_interval}",
+                      "trainer.eval_interval=40", f"trainer.metrics.layer_interval={log_interval}",
+                      *FAST_PATHS[variant])
+    trainer = build_trainer(cfg, tmp_path / "run")
+    for _ in range(2 * log_interval):  # warm-up: allocations, cuDNN autotuning, compilation, a flush
+        trainer.train_step()
+        if trainer.buffer.full:
+            trainer.flush()
+    assert len(trainer.buffer) == 0
+    steps_without_sync(trainer, log_interval - 1)  # a whole block short of the flush
+    trainer.train_step()
+    trainer.flush()  # the one synchronisation per block
+    assert trainer.result.status == "running" and trainer.result.last_train_loss is not None
+
+
+def test_fused_runs_do_not_synchronise(tmp_path):
+    from warmup_lab.fused import FusedTrainer, build_fused
+
+    root = write_tiny_cifar(tmp_path / "data", n_train_per_batch=64)
+    cfgs = [compose_cfg("data=cifar10", f"data.root={root}", "model.width=8", "trainer.device=cuda",
+                        "trainer.batch_size=32", "trainer.max_steps=30", f"seed={s}",
+                        f"optimizer.lr={lr}") for s, lr in ((0, 0.1), (1, 0.05), (2, 0.2))]
+    model, opt, lrs, data, samplers, device = build_fused(cfgs, "cuda", channels_last=True)
+    trainer = FusedTrainer(model, opt, lrs, data, samplers, device=device, eval_interval=1000,
+                           log_interval=8, precision="bf16", channels_last=True)
+    for _ in range(8):
+        trainer.train_step()
+    trainer.flush()
+    steps_without_sync(trainer, 7)
+    trainer.flush()
+    assert all(len(losses) == 15 for losses in trainer.loss)
+
+
+def test_fused_runs_equal_runs_alone_on_the_gpu(tmp_path, monkeypatch):
+    """The CPU test's check (tests/test_fused.py) on CUDA, looser: cuDNN picks other kernels for
+    grouped and dense convolutions (TF32 off, so both are fp32)."""
+    from conftest import read_scalars
+    from warmup_lab.fused import train_fused
+    from warmup_lab.run import run
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+    cfgs = [compose_cfg("model.width=8", "trainer.device=cuda", "trainer.max_steps=6", f"seed={s}",
+                        f"optimizer.lr={lr}") for s, lr in ((0, 0.02), (1, 0.01))]
+    fused = train_fused(cfgs, "cuda")
+    for k, cfg in enumerate(cfgs):
+        run(cfg, tmp_path / str(k))
+        loss = [v for _, v in read_scalars(tmp_path / str(k))["train/loss"]]
+        assert fused.loss[k] == pytest.approx(loss, rel=1e-3, abs=1e-4)
