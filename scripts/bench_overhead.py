@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.97
 PRESETS = {
     "resnet20-digits": ["model=resnet20", "data=digits"],
+    # diagnostic: the per-step update-ratio metric off (a parameter copy and three passes)
+    "resnet20-digits-no-update-ratio": ["model=resnet20", "data=digits", "trainer.metrics.update_ratio=false"],
     "transformer-bytes": ["model=transformer", "data=bytes", "data.max_bytes=400000",
                           "data.context_length=64", "data.eval_sequences=32"],
 }
@@ -129,8 +131,6 @@ def harness_loop(s: Setup, tmp: Path, profile: cProfile.Profile | None = None,
     model, opt = s.fresh()
     tr = s.cfg.trainer
     metrics = OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None
-    if metrics is not None:  # every metric on
-        metrics.update(update_ratio=True, layers=True)
     writer = RunWriter(Path(tempfile.mkdtemp(dir=tmp)))
     kwargs = dict(total_steps=s.steps, batch_size=tr.batch_size, seed=s.cfg.seed, device=s.device,
                   eval_interval=s.steps, log_interval=tr.log_interval, grad_clip=tr.grad_clip,
@@ -167,10 +167,7 @@ def make_trainer(s: Setup, tmp: Path):
     model, opt = s.fresh()
     tr = s.cfg.trainer
     metrics = OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None
-    kwargs = {}
-    if metrics is not None:  # every metric on
-        metrics.update(update_ratio=True, layers=True)
-        kwargs["metrics"] = metrics
+    kwargs = {"metrics": metrics} if metrics is not None else {}  # defaults: every metric on
     writer = RunWriter(Path(tempfile.mkdtemp(dir=tmp)))
     return Trainer(model, opt, s.schedule, s.data, writer, total_steps=s.steps,
                    batch_size=tr.batch_size, seed=s.cfg.seed, device=s.device,
@@ -239,7 +236,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--preset", nargs="+", default=["resnet20-digits"], choices=sorted(PRESETS))
     ap.add_argument("--blocks", action="store_true",
-                    help="interleave whole runs (bare loop / Trainer.fit) instead of single steps")
+                    help="interleave whole runs (bare loop / Trainer.fit) instead of single steps "
+                         "(always on CUDA)")
     ap.add_argument("--profile", action="store_true", help="with --blocks: cProfile the harness blocks")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides (e.g. trainer.channels_last=true)")
     a = ap.parse_args()
@@ -253,7 +251,7 @@ def main() -> None:
           f"load average at start {os.getloadavg()[0]:.2f}")
     print("wall: elapsed time; cpu: this process's CPU time (all its threads), much less sensitive "
           "to other processes on a shared machine. ratio = harness steps/s / bare steps/s.")
-    print(f"{'preset':18s} {'bare steps/s':>12s} {'harness':>9s} {'wall ratio':>10s} {'cpu ratio':>9s}"
+    print(f"{'preset':31s} {'bare steps/s':>12s} {'harness':>9s} {'wall ratio':>10s} {'cpu ratio':>9s}"
           "  pairwise wall ratios")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -261,7 +259,8 @@ def main() -> None:
             s = Setup(PRESETS[name] + [f"trainer.device={a.device}"] + a.overrides, device, a.steps)
             interleaved(s, Path(tmp))  # warm-up (allocator, oneDNN primitives)
             prof = cProfile.Profile() if a.profile else None
-            if a.blocks:  # whole blocks: bare loop, then Trainer.fit, alternately
+            if a.blocks or device.type == "cuda":  # whole runs alternately: on a GPU a per-step
+                # sync would serialise host and device and hide what the no-sync loop buys
                 b, h = [], []
                 for _ in range(a.repeats):
                     b.append(bare_loop(s))
@@ -273,11 +272,12 @@ def main() -> None:
             wall, cpu = med(b, 0) / med(h, 0), med(b, 1) / med(h, 1)
             pair = sorted(bb[0] / hh[0] for bb, hh in zip(b, h))
             results.append((name, wall, cpu))
-            print(f"{name:18s} {a.steps / med(b, 0):12.2f} {a.steps / med(h, 0):9.2f} {wall:10.3f} "
+            print(f"{name:31s} {a.steps / med(b, 0):12.2f} {a.steps / med(h, 0):9.2f} {wall:10.3f} "
                   f"{cpu:9.3f}  {' '.join(f'{r:.3f}' for r in pair)}", flush=True)
             if prof is not None:
                 pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(15)
-    worst = min(min(w, c) for _, w, c in results)
+    target = [r for r in results if "no-update-ratio" not in r[0]] or results  # diagnostics aside
+    worst = min(min(w, c) for _, w, c in target)
     print(f"load average at end {os.getloadavg()[0]:.2f}; target ratio >= {TARGET}: "
           f"{'met' if worst >= TARGET else 'MISSED'} (worst of wall/cpu {worst:.3f})")
 

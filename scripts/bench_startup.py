@@ -1,5 +1,6 @@
 """Start-up benchmark: seconds from launching `python train.py` to the end of the first training
-step, against the floor of `python -c "import torch"`.
+step, against the floors of `python -c "import torch"` and of `import torch, torch._dynamo` (every
+torch optimizer imports torch._dynamo on first use in torch 2.14).
 
 The end of step 0 is read from the run's own TensorBoard file (the wall time of the event of
 ``train/loss`` at step 0, written when that step is flushed with ``trainer.log_interval=1``), so
@@ -78,19 +79,23 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for train.py")
     a = ap.parse_args()
     time_train(a.overrides)  # warm the file cache
-    train, torch_only, bare = [], [], []
+    train, torch_only, dynamo, bare = [], [], [], []
     for _ in range(a.repeats):
         bare.append(time_cmd("pass"))
         torch_only.append(time_cmd("import torch"))
+        dynamo.append(time_cmd("import torch, torch._dynamo"))
         train.append(time_train(a.overrides))
     med = statistics.median
     print(f"# start-up: `python train.py` -> end of training step 0 ({a.repeats} interleaved repeats; "
           f"load average {os.getloadavg()[0]:.2f}; {platform.processor() or platform.machine()})")
     print(f"python (no imports)        median {med(bare):6.2f} s")
     print(f"python -c 'import torch'   median {med(torch_only):6.2f} s  min {min(torch_only):.2f}")
+    print(f"... + import torch._dynamo median {med(dynamo):6.2f} s  (torch.optim imports it on first use: "
+          f"the floor of any loop with a torch optimizer)")
     print(f"train.py to first step     median {med(train):6.2f} s  min {min(train):.2f}  "
           f"all {' '.join(f'{t:.2f}' for t in train)}")
-    print(f"harness on top of torch    median {med(train) - med(torch_only):6.2f} s")
+    print(f"harness on top of torch    median {med(train) - med(torch_only):6.2f} s; "
+          f"on top of torch + dynamo {med(train) - med(dynamo):6.2f} s")
     print(f"target <= {TARGET_S} s: {'met' if med(train) <= TARGET_S else 'MISSED'} "
           f"(ratio {med(train) / TARGET_S:.2f} of the budget)")
     print("heaviest top-level imports of train.py (cumulative s, one run): "

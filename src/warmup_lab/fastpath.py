@@ -64,3 +64,15 @@ def apply(model: nn.Module, optimizer: torch.optim.Optimizer, trainer_cfg, devic
     if get("compile_optimizer", False):
         optimizer.step = torch.compile(optimizer.step, fullgraph=False)
     return model
+
+
+def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Global L2 norm of ``grads`` as one reduction over their concatenation (a 0-dim tensor on
+    their device, no host sync). Equal to ``torch.nn.utils.get_total_norm`` up to summation order,
+    and cheaper on the CPU, where that takes one reduction per tensor (0.45 vs 0.65 ms per
+    ResNet-20 step here, docs/performance.md)."""
+    if not grads:
+        return torch.zeros(())
+    if len({(g.device, g.dtype) for g in grads}) > 1:
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))

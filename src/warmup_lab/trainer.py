@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .checkpoint import rng_state, set_rng_state
 from .data import InMemoryData
 from .jitter import JitterTracker, MetricsConfig
+from .fastpath import total_norm
 from .schedules import ScheduleLR
 from .step_buffer import StepBuffer
 from .tb import RunWriter
@@ -95,7 +96,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for p in self.params if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm(grads)
+        grad_norm = total_norm(grads)
         self.tracker.before_step(self.step)  # parameter copy; per-layer grad norms (pre-clip)
         if self.grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.grad_clip, grad_norm)
