@@ -280,14 +280,20 @@ class JitterTracker:
 
     # state (checkpoint/resume) ----------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Tensors and plain types only (checkpoints load with ``weights_only``), including the
+        per-layer statistics still waiting for a flush."""
         return {"tail": self.tail.cpu(), "run_min": self.run_min.cpu(), "count": self.count.cpu(),
-                "seen": self._seen, "history": {k: list(v) for k, v in self.history.items()}}
+                "seen": self._seen, "history": {k: list(v) for k, v in self.history.items()},
+                "layer_queue": [(s, {k: v.detach().cpu() for k, v in d.items()})
+                                for s, d in self._layer_queue]}
 
     def load_state_dict(self, state: dict) -> None:
         dev = self.run_min.device
         self.tail, self.run_min = state["tail"].to(dev), state["run_min"].to(dev)
         self.count, self._seen = state["count"].to(dev), int(state["seen"])
         self.history = {k: list(v) for k, v in state["history"].items()}
+        self._layer_queue = [(s, {k: v.to(dev) for k, v in d.items()})
+                             for s, d in state.get("layer_queue", [])]
 
     # end of run ---------------------------------------------------------------------------------
     def summary(self, chance_acc: float | None = None) -> dict:

@@ -237,14 +237,10 @@ class Trainer:
         flushed (``purge_step`` is the first of them). Tensors and plain types only, so the
         checkpoint loads with ``weights_only=True``."""
         buffer = self.buffer.state_dict()
-        tracker = dict(self.tracker.state_dict())
-        queue = getattr(self.tracker, "_layer_queue", None)  # per-layer stats awaiting the flush
-        if queue:
-            tracker["layer_queue"] = [(s, {k: v.detach().cpu() for k, v in d.items()}) for s, d in queue]
         return {"step": self.step, "purge_step": buffer["steps"][0] if buffer["steps"] else self.step,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "lr_adapter": self.lr_adapter.state_dict(), "sampler": self.sampler.state_dict(),
-                "buffer": buffer, "lrs": [list(lr) for lr in self.lrs], "tracker": tracker,
+                "buffer": buffer, "lrs": [list(lr) for lr in self.lrs], "tracker": self.tracker.state_dict(),
                 "result": dataclasses.asdict(self.result), "rng": rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -256,9 +252,6 @@ class Trainer:
         self.buffer.load_state_dict(state["buffer"])
         self.lrs = [list(lr) for lr in state["lrs"]]
         self.tracker.load_state_dict(state["tracker"])
-        if state["tracker"].get("layer_queue"):
-            self.tracker._layer_queue = [(s, {k: v.to(self.device) for k, v in d.items()})
-                                         for s, d in state["tracker"]["layer_queue"]]
         self.step = int(state["step"])
         self.result = TrainResult(**state["result"])
         if self.result.status == "interrupted":
