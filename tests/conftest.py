@@ -45,6 +45,22 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.Comp
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_keeping_trainer(cfg, run_dir, monkeypatch):
+    """``run()`` as train.py calls it, keeping the Trainer it built: (metrics, TB scalars, trainer)."""
+    import warmup_lab.run as run_module
+
+    kept = []
+
+    class Keep(run_module.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            kept.append(self)
+
+    monkeypatch.setattr(run_module, "Trainer", Keep)
+    metrics = run_module.run(cfg, run_dir)
+    return metrics, read_scalars(run_dir), kept[-1]
+
+
 def write_tiny_cifar(root: Path, n_train_per_batch: int = 20, n_test: int = 20) -> Path:
     """A CIFAR-10 folder in the real python-pickle format, with few random images."""
     folder = root / "cifar-10-batches-py"

@@ -5,30 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-import warmup_lab.run as run_module
-from conftest import compose_cfg, read_scalars
+from conftest import compose_cfg, run_keeping_trainer
 from warmup_lab import fastpath
 from warmup_lab.validate import ConfigError
 
 SMALL = ["model.width=8", "trainer.max_steps=5", "trainer.log_interval=5"]
 
 
-def run_keep(cfg, run_dir, monkeypatch):
-    kept = []
-
-    class Keep(run_module.Trainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            kept.append(self)
-
-    monkeypatch.setattr(run_module, "Trainer", Keep)
-    metrics = run_module.run(cfg, run_dir)
-    return metrics, read_scalars(run_dir), kept[-1]
-
-
 def test_channels_last_gives_the_same_run(tmp_path, monkeypatch):
-    _, base, _ = run_keep(compose_cfg(*SMALL), tmp_path / "nchw", monkeypatch)
-    _, cl, trainer = run_keep(compose_cfg(*SMALL, "trainer.channels_last=true"), tmp_path / "cl", monkeypatch)
+    _, base, _ = run_keeping_trainer(compose_cfg(*SMALL), tmp_path / "nchw", monkeypatch)
+    _, cl, trainer = run_keeping_trainer(compose_cfg(*SMALL, "trainer.channels_last=true"), tmp_path / "cl", monkeypatch)
     assert trainer.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert [v for _, v in cl["train/loss"]] == pytest.approx([v for _, v in base["train/loss"]], rel=1e-4)
 
@@ -37,10 +23,10 @@ def test_compile_compiles_in_place_and_holds_lrs_in_tensors(tmp_path, monkeypatc
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((self, kw)))
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append((fn, kw)) or fn)
-    _, base, _ = run_keep(compose_cfg(*SMALL), tmp_path / "eager", monkeypatch)
+    _, base, _ = run_keeping_trainer(compose_cfg(*SMALL), tmp_path / "eager", monkeypatch)
     assert not compiled
     cfg = compose_cfg(*SMALL, "trainer.compile=reduce-overhead", "trainer.compile_optimizer=true")
-    _, comp, trainer = run_keep(cfg, tmp_path / "compiled", monkeypatch)
+    _, comp, trainer = run_keeping_trainer(cfg, tmp_path / "compiled", monkeypatch)
     assert compiled[0][0] is trainer.model and compiled[0][1] == {"mode": "reduce-overhead"}
     assert len(compiled) == 2  # the model and the optimizer step
     lrs = [g["lr"] for g in trainer.optimizer.param_groups]

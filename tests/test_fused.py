@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import warmup_lab.run as run_module
-from conftest import compose_cfg, read_scalars, write_tiny_cifar
+from conftest import compose_cfg, run_keeping_trainer, write_tiny_cifar
 from warmup_lab.fused import (FusedCifarResNet, FusedTrainer, build_fused, check_fusable,
                               fuse_inputs, train_fused)
 from warmup_lab.models.resnet import CifarResNet
@@ -16,18 +15,9 @@ COMMON = ["trainer.max_steps=6", "trainer.eval_interval=3", "trainer.log_interva
 
 
 def run_alone(cfg, run_dir, monkeypatch):
-    """``run()`` as train.py calls it, keeping the trained model; returns metrics, TB scalars
-    and the final state dict."""
-    kept = []
-
-    class Keep(run_module.Trainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            kept.append(self)
-
-    monkeypatch.setattr(run_module, "Trainer", Keep)
-    metrics = run_module.run(cfg, run_dir)
-    return metrics, read_scalars(run_dir), kept[-1].model.state_dict()
+    """``run()`` as train.py calls it: metrics, TB scalars and the trained model's state dict."""
+    metrics, scalars, trainer = run_keeping_trainer(cfg, run_dir, monkeypatch)
+    return metrics, scalars, trainer.model.state_dict()
 
 
 @pytest.mark.parametrize("optimizer,extra", [
