@@ -61,6 +61,33 @@ def run_keeping_trainer(cfg, run_dir, monkeypatch):
     return metrics, read_scalars(run_dir), kept[-1]
 
 
+def build_trainer(cfg, run_dir, device: str = "cpu"):
+    """The Trainer exactly as ``run()`` builds it (data, model, optimizer, fast path), on
+    ``device``, for tests that drive single steps."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from warmup_lab import fastpath
+    from warmup_lab.optim import build_optimizer
+    from warmup_lab.tb import RunWriter
+    from warmup_lab.trainer import Trainer
+    from warmup_lab.validate import check_schedule
+
+    device = torch.device(device)
+    tr = cfg.trainer
+    data = instantiate(cfg.data).to(device)
+    torch.manual_seed(cfg.seed)
+    model = instantiate(cfg.model, _partial_=True)(spec=data.spec).to(device)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    fastpath.apply(model, optimizer, tr, device, is_image=len(data.spec.input_shape) == 3)
+    metrics = OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None
+    kwargs = {"metrics": metrics} if metrics is not None else {}
+    return Trainer(model, optimizer, check_schedule(cfg, tr.max_steps), data, RunWriter(run_dir),
+                   total_steps=tr.max_steps, batch_size=tr.batch_size, seed=cfg.seed, device=device,
+                   eval_interval=tr.eval_interval, log_interval=tr.log_interval,
+                   grad_clip=tr.grad_clip, precision=tr.precision, progress=False, **kwargs)
+
+
 def write_tiny_cifar(root: Path, n_train_per_batch: int = 20, n_test: int = 20) -> Path:
     """A CIFAR-10 folder in the real python-pickle format, with few random images."""
     folder = root / "cifar-10-batches-py"

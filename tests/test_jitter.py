@@ -94,6 +94,78 @@ def test_update_ratio_and_layer_stats_match_a_manual_step():
     assert stats["train/adam/eff_lr_p10"] <= stats["train/adam/eff_lr_p50"] <= stats["train/adam/eff_lr_p90"]
 
 
+def _tracked_steps(model, steps: int, layer_interval: int = 2):
+    """Update ratios and per-layer update ratios of a few SGD steps on a small conv net."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    tracker = J.JitterTracker(list(model.named_parameters()), opt,
+                              J.MetricsConfig(layer_interval=layer_interval), steps)
+    x = torch.randn(4, 2, 5, 5, generator=torch.Generator().manual_seed(1))
+    ratios, expected = [], []
+    for step in range(steps):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        before = [p.detach().clone() for p in model.parameters()]
+        tracker.before_step(step)
+        opt.step()
+        ratios.append(tracker.after_step(step).item())
+        delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+        expected.append((delta.norm() / torch.cat([b.flatten() for b in before]).norm()).item())
+    return tracker, ratios, expected
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "mixed_dtypes"])
+def test_update_ratio_snapshot_paths_agree_with_the_definition(layout):
+    """The flat one-buffer snapshot (contiguous and channels-last weights) and the per-tensor
+    fallback (parameters of two dtypes) give ||theta' - theta|| / ||theta|| at every step."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.Flatten(), torch.nn.Linear(27, 2))
+    if layout == "channels_last":
+        model.to(memory_format=torch.channels_last)
+        assert not model[0].weight.is_contiguous()
+    if layout == "mixed_dtypes":
+        model[2].double()
+        model.insert(2, _ToDouble())
+    tracker, ratios, expected = _tracked_steps(model, 4)
+    assert (tracker._views is None) == (layout == "mixed_dtypes")
+    assert ratios == pytest.approx(expected, rel=1e-5)
+    layer = dict(tracker.pending_layer_stats())
+    assert layer[2]["train/layer/update_ratio/0.weight"] > 0  # per layer on layer steps (0, 2)
+
+
+class _ToDouble(torch.nn.Module):
+    def forward(self, x):
+        return x.double()
+
+
+def test_update_ratio_follows_replaced_parameter_storage():
+    """A parameter whose storage is replaced between blocks (``p.data = ...``) is snapshotted
+    from its new storage after the next flush, not from the stale view."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.Flatten(), torch.nn.Linear(27, 2))
+    tracker, _, _ = _tracked_steps(model, 1)
+    model[2].weight.data = model[2].weight.data.clone() * 2
+    tracker.block(torch.ones(1))  # the flush notices the new storage
+    opt = tracker.optimizer
+    x = torch.randn(4, 2, 5, 5)
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    tracker.before_step(1)
+    opt.step()
+    ratio = tracker.after_step(1).item()
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert ratio == pytest.approx((delta.norm() / torch.cat([b.flatten() for b in before]).norm()).item(),
+                                  rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000])
+def test_sorted_quantiles_equal_torch_quantile(n):
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    qs = (0.0, 0.1, 0.5, 0.9, 0.37, 1.0)
+    got = torch.stack(J.sorted_quantiles(x, qs))
+    assert torch.allclose(got, torch.quantile(x, torch.tensor(qs)), rtol=1e-6, atol=1e-7)
+
+
 def test_no_adam_state_no_adam_stats():
     p = torch.nn.Parameter(torch.ones(3, 3))
     opt = torch.optim.SGD([p], lr=0.1)

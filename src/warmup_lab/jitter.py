@@ -105,10 +105,31 @@ def update_ratio(delta_norms: list[torch.Tensor], param_norms: list[torch.Tensor
     return d / p.clamp(min=torch.finfo(p.dtype).tiny)
 
 
+def flat_views(tensors: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    """A 1-D view of each tensor's memory, or None unless all share one device and dtype and each
+    is dense (contiguous, or channels-last: the view then follows memory order, which norms and
+    differences do not depend on). ``torch.cat(views, out=buf)`` then snapshots every tensor in
+    one operation instead of one per tensor."""
+    if not tensors or len({(t.device, t.dtype) for t in tensors}) > 1:
+        return None
+    views = []
+    for t in tensors:
+        t = t.detach()
+        if t.is_contiguous():
+            views.append(t.view(-1))
+        elif t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last):
+            views.append(t.as_strided((t.numel(),), (1,), t.storage_offset()))
+        else:
+            return None
+    return views
+
+
 def effective_steps(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
     """Flat tensor of Adam's per-coordinate effective step ``lr / (sqrt(v_hat) + eps)`` with
     ``v_hat = exp_avg_sq / (1 - beta2^t)``, over every parameter that has Adam state; None for
-    optimizers without ``exp_avg_sq`` (SGD, RMSprop keeps ``square_avg``)."""
+    optimizers without ``exp_avg_sq`` (SGD, RMSprop keeps ``square_avg``). No host-device
+    copies: a step count or lr held on the CPU (torch's default) is read there, one held on the
+    device (capturable/fused Adam) enters as a device tensor."""
     parts = []
     for group in optimizer.param_groups:
         betas, eps = group.get("betas"), group.get("eps", 0.0)
@@ -119,29 +140,48 @@ def effective_steps(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
             v = state.get("exp_avg_sq")
             if v is None or "step" not in state:
                 continue
-            step = state["step"]
-            step = step.to(v.device, torch.float32) if torch.is_tensor(step) else torch.tensor(
-                float(step), device=v.device)
-            bias = 1.0 - torch.pow(torch.tensor(float(betas[1]), device=v.device), step)
-            v_hat = v.float().flatten() / bias.clamp(min=torch.finfo(torch.float32).tiny)
-            lr = group["lr"]  # a 0-dim tensor under the compiled fast path: kept on the device
-            lr = lr.to(v.device, torch.float32) if torch.is_tensor(lr) else float(lr)
-            parts.append(lr / (v_hat.sqrt() + eps))
+            bias = 1.0 - _on(v.device, state["step"], lambda t: float(betas[1]) ** t)
+            if torch.is_tensor(bias):
+                bias = bias.clamp(min=torch.finfo(torch.float32).tiny)
+            lr = _on(v.device, group["lr"], lambda t: t)  # a 0-dim CPU tensor under compile
+            parts.append(lr / (v.float().flatten() / bias).sqrt().add_(eps))
     return torch.cat(parts) if parts else None
+
+
+def _on(device: torch.device, value, fn):
+    """``fn(value)`` as a Python number when ``value`` is one or lives on the CPU while ``device``
+    does not (reading it costs no device synchronisation), else on ``value``'s tensor."""
+    if torch.is_tensor(value) and (value.device.type != "cpu" or device.type == "cpu"):
+        return fn(value.to(torch.float32))
+    return fn(float(value))
+
+
+def sorted_quantiles(x: torch.Tensor, quantiles) -> list[torch.Tensor]:
+    """Quantiles of a 1-D tensor with linear interpolation (``torch.quantile``'s default), as
+    0-dim tensors on its device. Positions come from the shape alone, so nothing is read back
+    from the device; NaNs sort last instead of making every quantile NaN."""
+    s = torch.sort(x).values
+    n, out = s.numel(), []
+    for q in quantiles:
+        pos = q * (n - 1)
+        lo = math.floor(pos)
+        hi = min(lo + 1, n - 1)
+        out.append(s[lo] + (s[hi] - s[lo]) * (pos - lo))
+    return out
 
 
 def effective_step_stats(optimizer: torch.optim.Optimizer, quantiles=ADAM_QUANTILES,
                          max_elements: int = MAX_QUANTILE_ELEMENTS) -> dict[str, torch.Tensor]:
     """Quantiles and the std of log10 of Adam's effective per-coordinate step (0-dim device
     tensors), or ``{}`` without Adam state. More than ``max_elements`` coordinates are
-    subsampled with an even stride (``torch.quantile`` is limited to 16M elements)."""
+    subsampled with an even stride (bounds the sort)."""
     eff = effective_steps(optimizer)
     if eff is None or eff.numel() == 0:
         return {}
     if eff.numel() > max_elements:
         eff = eff[:: math.ceil(eff.numel() / max_elements)]
     logs = torch.log10(eff.clamp(min=torch.finfo(torch.float32).tiny))
-    q = torch.quantile(logs, torch.tensor(quantiles, device=logs.device))
+    q = sorted_quantiles(logs, quantiles)
     out = {f"p{round(qq * 100)}": 10.0 ** q[i] for i, qq in enumerate(quantiles)}
     out["log10_std"] = logs.std() if logs.numel() > 1 else torch.zeros((), device=logs.device)
     return out
@@ -192,7 +232,12 @@ class JitterTracker:
         self.tail = torch.empty(0, device=device)      # the last window-1 losses
         self.run_min = torch.full((), math.inf, device=device)
         self.count = torch.zeros((), device=device)
-        self.prev: list[torch.Tensor] | None = None
+        # the update ratio: parameters snapshotted before the step, into one flat buffer when
+        # they allow it (flat_views: one cat and a few reductions per step instead of four
+        # operations per tensor, 0.85 -> 0.2 ms per ResNet-20 step on the CPU), else per tensor
+        self.prev: torch.Tensor | list[torch.Tensor] | None = None
+        self._views: list[torch.Tensor] | None = None
+        self._ptrs: list[int] = []
         self._layer_queue: list[tuple[int, dict[str, torch.Tensor]]] = []
         self._layer_grads: dict[str, torch.Tensor] = {}
         self._seen = 0
@@ -213,7 +258,9 @@ class JitterTracker:
         layer steps, queue the per-layer gradient norms (call it before clipping)."""
         if self.tracks_update:
             if self.prev is None:
-                self.prev = [p.detach().clone() for p in self.params]
+                self._snapshot_setup()
+            if self._views is not None:
+                torch.cat(self._views, out=self.prev)
             else:
                 torch._foreach_copy_(self.prev, [p.detach() for p in self.params])
         if self.is_layer_step(step):
@@ -226,12 +273,22 @@ class JitterTracker:
         """The total update ratio (0-dim device tensor, or None when off); on layer steps also
         queues per-layer update ratios and Adam's effective-step summary."""
         ratio = None
+        layer_step = self.is_layer_step(step)
         if self.tracks_update:
-            p_norms = torch._foreach_norm(self.prev)
-            torch._foreach_sub_(self.prev, [p.detach() for p in self.params])
-            d_norms = torch._foreach_norm(self.prev)
-            ratio = update_ratio(d_norms, p_norms)
-        if not self.is_layer_step(step):
+            if self._views is not None:
+                delta = torch.cat(self._views, out=self._delta)
+                p_norm = torch.linalg.vector_norm(self.prev)
+                delta.sub_(self.prev)
+                ratio = torch.linalg.vector_norm(delta) / p_norm.clamp(min=torch.finfo(p_norm.dtype).tiny)
+                if layer_step:
+                    p_norms = torch._foreach_norm(list(self.prev.split(self._numels)))
+                    d_norms = torch._foreach_norm(list(delta.split(self._numels)))
+            else:
+                p_norms = torch._foreach_norm(self.prev)
+                torch._foreach_sub_(self.prev, [p.detach() for p in self.params])
+                d_norms = torch._foreach_norm(self.prev)
+                ratio = update_ratio(d_norms, p_norms)
+        if not layer_step:
             return ratio
         stats: dict[str, torch.Tensor] = dict(self._layer_grads)
         self._layer_grads = {}
@@ -245,10 +302,24 @@ class JitterTracker:
             self._layer_queue.append((step, stats))
         return ratio
 
+    def _snapshot_setup(self) -> None:
+        """Allocate the snapshot: a flat buffer over :func:`flat_views`, or per-tensor clones."""
+        self._views = flat_views(self.params)
+        self._ptrs = [p.data_ptr() for p in self.params]
+        if self._views is None:
+            self.prev = [p.detach().clone() for p in self.params]
+            return
+        self._numels = [v.numel() for v in self._views]
+        self.prev = torch.empty(sum(self._numels), dtype=self._views[0].dtype,
+                                device=self._views[0].device)
+        self._delta = torch.empty_like(self.prev)
+
     # per flush ------------------------------------------------------------------------------
     @torch.no_grad()
     def block(self, losses: torch.Tensor) -> dict[str, torch.Tensor]:
         """Jitter metrics for the next ``len(losses)`` steps (device tensors of that length)."""
+        if self._ptrs and self._ptrs != [p.data_ptr() for p in self.params]:
+            self.prev = None  # a parameter's storage was replaced: rebuild the views next step
         w = self.cfg.jitter_window
         x = losses.float()
         hist = self.tail if self._seen else None
