@@ -48,7 +48,8 @@ def fused_steps(cfgs, device, steps: int, channels_last: bool) -> tuple[float, f
     model, opt, lrs, data, samplers, device = build_fused(cfgs, device, channels_last=channels_last)
     tr = cfgs[0].trainer
     t = FusedTrainer(model, opt, lrs, data, samplers, device=device, eval_interval=10**9,
-                     log_interval=tr.log_interval, precision=tr.precision, channels_last=channels_last)
+                     log_interval=tr.log_interval, precision=tr.precision, channels_last=channels_last,
+                     update_ratio=True)  # per-run update ratios, as the Trainer side logs them
     for _ in range(2):
         t.train_step()
     t.flush()

@@ -41,8 +41,9 @@ class HostReads(TorchDispatchMode):
 
 
 def host_reads_in_steps(trainer, n: int, monkeypatch) -> list[tuple[str, str]]:
-    allowed = {id(s["step"]) for s in trainer.optimizer.state.values() if "step" in s}
-    allowed |= {id(g["lr"]) for g in trainer.optimizer.param_groups if torch.is_tensor(g["lr"])}
+    opt = trainer.optimizer
+    allowed = {id(s["step"]) for s in getattr(opt, "state", {}).values() if "step" in s}
+    allowed |= {id(g["lr"]) for g in getattr(opt, "param_groups", []) if torch.is_tensor(g["lr"])}
     mode = HostReads(allowed)
     for name in ("tolist", "numpy"):
         original = getattr(torch.Tensor, name)
@@ -87,6 +88,24 @@ def test_steps_between_flushes_read_nothing_from_the_device(tmp_path, monkeypatc
     trainer.train_step()
     trainer.flush()  # the one read-back per block
     assert len(trainer.tracker.history["loss"]) == 3 * log_interval  # every step reached the host
+
+
+def test_fused_steps_read_nothing_from_the_device(monkeypatch):
+    """The fused trainer of ``launcher=fused`` (K runs as one model), update ratios on."""
+    from warmup_lab.fused import FusedTrainer, build_fused
+
+    cfgs = [compose_cfg("model.width=8", "trainer.max_steps=30", f"seed={s}", f"optimizer.lr={lr}",
+                        "optimizer=adamw") for s, lr in ((0, 1e-3), (1, 3e-3))]
+    model, opt, lrs, data, samplers, device = build_fused(cfgs, "cpu")
+    trainer = FusedTrainer(model, opt, lrs, data, samplers, device=device, eval_interval=1000,
+                           log_interval=8, update_ratio=True)
+    for _ in range(8):
+        trainer.train_step()
+    trainer.flush()
+    reads = host_reads_in_steps(trainer, 7, monkeypatch)
+    assert not reads, f"{len(reads)} host reads in the fused step; first: {reads[0][0]}\n{reads[0][1]}"
+    trainer.flush()
+    assert all(len(r) == 15 and all(v > 0 for v in r) for r in trainer.update_ratio)
 
 
 def test_the_check_sees_a_host_read(tmp_path, monkeypatch):

@@ -190,6 +190,7 @@ class FusedOptimizer:
         run = torch.empty(total, dtype=torch.long)
         decay = torch.empty(total, dtype=first.dtype)
         self.grad_slices: list[torch.Tensor] = []   # [param][run] views, for per-run norms
+        self.views = []                               # per parameter: flat buffer -> its shape
         off = 0
         with torch.no_grad():
             for p in self.params:
@@ -199,12 +200,14 @@ class FusedOptimizer:
                 if channels_last and p.dim() == 5:  # conv weight (K, out, in, kh, kw), stored NHWC
                     kk, o, i, kh, kw = p.shape
                     self.flat[off:off + n].copy_(p.permute(0, 1, 3, 4, 2).reshape(-1))
-                    view = lambda buf: buf[off:off + n].view(kk, o, kh, kw, i).permute(0, 1, 4, 2, 3)  # noqa: E731
+                    view = lambda buf, off=off, n=n, shape=(kk, o, kh, kw, i): (  # noqa: E731
+                        buf[off:off + n].view(shape).permute(0, 1, 4, 2, 3))
                 else:
                     self.flat[off:off + n].copy_(p.reshape(-1))
-                    view = lambda buf: buf[off:off + n].view(p.shape)  # noqa: E731
+                    view = lambda buf, off=off, n=n, shape=p.shape: buf[off:off + n].view(shape)  # noqa: E731
                 p.data = view(self.flat)
                 p.grad = view(self.grad)
+                self.views.append(view)
                 self.grad_slices.extend(view(self.grad).unbind(0))
                 run[off:off + n] = torch.arange(k).repeat_interleave(n // k)
                 decay[off:off + n] = float(decay_norm_and_bias or p.dim() - 1 >= 2)
@@ -215,6 +218,31 @@ class FusedOptimizer:
         self.decay = wd[self.run] * decay.to(first.device)   # per-element weight decay
         self.buf = self.exp_avg = self.exp_avg_sq = None
         self.steps = 0
+        self.prev = self.delta = None   # update-ratio snapshots (snapshot / update_ratios)
+
+    def _slices(self, buf: torch.Tensor) -> list[torch.Tensor]:
+        """``[param][run]`` views of a flat buffer laid out like the parameters."""
+        return [t for view in self.views for t in view(buf).unbind(0)]
+
+    def _run_norms(self, slices: list[torch.Tensor]) -> torch.Tensor:
+        """Per-run L2 norm ``(K,)`` from :meth:`_slices` (norm of the per-tensor norms)."""
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(slices)).view(-1, self.k), dim=0)
+
+    @torch.no_grad()
+    def snapshot(self) -> None:
+        """Copy the parameters before a step (one copy of the flat buffer)."""
+        if self.prev is None:
+            self.prev, self.delta = torch.empty_like(self.flat), torch.empty_like(self.flat)
+            self._prev_slices, self._delta_slices = self._slices(self.prev), self._slices(self.delta)
+        self.prev.copy_(self.flat)
+
+    @torch.no_grad()
+    def update_ratios(self) -> torch.Tensor:
+        """Per-run ``||theta_{t+1} - theta_t|| / ||theta_t||`` ``(K,)`` since :meth:`snapshot`,
+        the ``train/update_ratio`` of each run alone; no host sync."""
+        p_norms = self._run_norms(self._prev_slices)
+        torch.sub(self.flat, self.prev, out=self.delta)
+        return self._run_norms(self._delta_slices) / p_norms.clamp(min=torch.finfo(p_norms.dtype).tiny)
 
     def zero_grad(self) -> None:
         self.grad.zero_()
@@ -322,6 +350,43 @@ def check_fusable(cfgs: list[DictConfig]) -> None:
         raise ValueError("fused runs do not support amsgrad")
 
 
+FUSED_MODELS = ("warmup_lab.models.cifar_resnet",)
+FUSED_DATA = ("warmup_lab.data.load_digits", "warmup_lab.data.load_cifar10")
+
+
+def fusable(cfg: DictConfig) -> str | None:
+    """Why the run of ``cfg`` cannot be trained fused, or None when it can: a CIFAR ResNet on
+    image classification data with sgd, adam or adamw (no amsgrad)."""
+    if cfg.model.get("_target_") not in FUSED_MODELS:
+        return f"model {cfg.model.get('name')} is not a CIFAR ResNet"
+    if cfg.data.get("_target_") not in FUSED_DATA:
+        return f"data {cfg.data.get('name')} is not image classification"
+    if cfg.optimizer.get("name") not in FUSED_OPTIMIZERS:
+        return f"optimizer {cfg.optimizer.get('name')} is not one of {', '.join(FUSED_OPTIMIZERS)}"
+    if cfg.optimizer.get("amsgrad"):
+        return "amsgrad"
+    return None
+
+
+def fused_groups(cfgs: list[DictConfig], max_runs: int) -> list[list[int]]:
+    """Indices of ``cfgs`` in groups of at most ``max_runs`` that may train fused (same config
+    outside :data:`PER_RUN_KEYS`, each :func:`fusable`), in first-seen order; a config that
+    cannot be fused is a group of its own."""
+    groups: dict[str, list[list[int]]] = {}
+    order: list[list[int]] = []
+    for i, cfg in enumerate(cfgs):
+        if fusable(cfg) is not None:
+            order.append([i])
+            continue
+        key = repr(sorted(_flat(_strip(cfg)).items()))
+        chunks = groups.setdefault(key, [])
+        if not chunks or len(chunks[-1]) >= max_runs:
+            chunks.append([])
+            order.append(chunks[-1])
+        chunks[-1].append(i)
+    return order
+
+
 def lr_table(cfgs: list[DictConfig], schedules: list, steps: int) -> list[list[float]]:
     """``[step][k]`` lrs exactly as :class:`ScheduleLR` sets them for each run alone."""
     cols = []
@@ -343,7 +408,8 @@ class FusedTrainer:
     def __init__(self, model: FusedCifarResNet, optimizer: FusedOptimizer, lrs: list[list[float]],
                  data, samplers: list, *, device: torch.device, eval_interval: int,
                  log_interval: int, grad_clip: float | None = None, precision: str = "fp32",
-                 channels_last: bool = False, eval_batch_size: int = 512, step_fn=None):
+                 channels_last: bool = False, eval_batch_size: int = 512, step_fn=None,
+                 update_ratio: bool = False):
         self.model, self.optimizer, self.data, self.samplers = model, optimizer, data, samplers
         self.k, self.device = model.k, device
         self.total_steps = len(lrs)
@@ -355,13 +421,16 @@ class FusedTrainer:
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                          if precision == "bf16" else nullcontext())
         self.forward = step_fn or model
-        self.buffer = torch.zeros(log_interval, 2, self.k, device=device)
+        self.track_update = update_ratio
+        self.buffer = torch.full((log_interval, 3, self.k), float("nan"), device=device)
         self.filled: list[int] = []
         self.step = 0
         k = self.k
         self.loss = [[] for _ in range(k)]
         self.grad_norm = [[] for _ in range(k)]
+        self.update_ratio = [[] for _ in range(k)]
         self.val = [[] for _ in range(k)]
+        self.stop_requested = False  # set by a signal handler: end after the current step
         self.status = ["running"] * k
         self.diverged_step: list[int | None] = [None] * k
 
@@ -396,29 +465,43 @@ class FusedTrainer:
         norms = self.optimizer.grad_norms()
         if self.grad_clip is not None:
             self.optimizer.clip_(norms, self.grad_clip)
+        if self.track_update:
+            self.optimizer.snapshot()
         self.optimizer.step(self.lrs[self.step])
         row = len(self.filled)
         self.buffer[row, 0] = losses.detach()
         self.buffer[row, 1] = norms
+        if self.track_update:
+            self.buffer[row, 2] = self.optimizer.update_ratios()
         self.filled.append(self.step)
         self.step += 1
 
-    def flush(self) -> None:
+    def flush(self) -> list[list[int]]:
+        """Read the buffered block back (one transfer); returns, per run, the indices of the
+        block's rows that belong to it (a run's rows end at its first non-finite loss)."""
         if not self.filled:
-            return
-        rows = self.buffer[: len(self.filled)].cpu().tolist()
-        for step, (losses, norms) in zip(self.filled, rows):
+            return [[] for _ in range(self.k)]
+        n = len(self.filled)
+        self.rows = rows = self.buffer[:n].cpu().tolist()
+        self.buffer[:n] = float("nan")
+        kept: list[list[int]] = [[] for _ in range(self.k)]
+        for i, (step, (losses, norms, ratios)) in enumerate(zip(self.filled, rows)):
             for k in range(self.k):
                 if self.status[k] != "running":
                     continue
+                kept[k].append(i)
                 self.loss[k].append(losses[k])
                 self.grad_norm[k].append(norms[k])
+                if self.track_update:
+                    self.update_ratio[k].append(ratios[k])
                 if not math.isfinite(losses[k]):
                     self.status[k], self.diverged_step[k] = "diverged", step
-        self.filled = []
+        self.block_steps, self.filled = self.filled, []
+        return kept
 
     @torch.no_grad()
-    def evaluate(self) -> None:
+    def evaluate(self) -> list[int]:
+        """Validation loss and accuracy of every running run; returns their indices."""
         self.model.eval()
         loss = torch.zeros(self.k, device=self.device)
         correct = torch.zeros(self.k, device=self.device)
@@ -432,18 +515,27 @@ class FusedTrainer:
             correct += (logits.argmax(-1) == target).sum(1)
             count += len(y)
         losses, accs = (loss / count).tolist(), (correct / count).tolist()
-        for k in range(self.k):
-            if self.status[k] == "running":
-                self.val[k].append({"step": self.step, "loss": losses[k], "acc": accs[k]})
+        running = [k for k in range(self.k) if self.status[k] == "running"]
+        for k in running:
+            self.val[k].append({"step": self.step, "loss": losses[k], "acc": accs[k]})
+        return running
 
     def fit(self) -> None:
+        """Train to ``total_steps``, or until every run diverged; ``stop_requested`` ends it
+        after the current step with the running runs ``interrupted`` (fused runs keep no
+        checkpoint: they start again from step 0 when resumed)."""
         while self.step < self.total_steps and "running" in self.status:
             self.train_step()
             if len(self.filled) == self.log_interval or self.step == self.total_steps:
                 self.flush()
+            if self.stop_requested:
+                break
             if self.step % self.eval_interval == 0 and self.step < self.total_steps:
                 self.evaluate()
         self.flush()
+        if self.stop_requested and self.step < self.total_steps:
+            self.status = ["interrupted" if s == "running" else s for s in self.status]
+            return
         self.evaluate()
         self.status = ["completed" if s == "running" else s for s in self.status]
 

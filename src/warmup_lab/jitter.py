@@ -223,12 +223,13 @@ class JitterTracker:
     """
 
     def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], optimizer,
-                 cfg: MetricsConfig, total_steps: int):
+                 cfg: MetricsConfig, total_steps: int, device: torch.device | None = None):
         self.cfg, self.optimizer, self.total_steps = cfg, optimizer, total_steps
         self.names = [n for n, _ in named_params]
         self.params = [p for _, p in named_params]
         self.layer_idx = [i for i, p in enumerate(self.params) if p.ndim >= 2]
-        device = self.params[0].device if self.params else torch.device("cpu")
+        if device is None:  # without parameters (loss windows only): the device of the losses
+            device = self.params[0].device if self.params else torch.device("cpu")
         self.tail = torch.empty(0, device=device)      # the last window-1 losses
         self.run_min = torch.full((), math.inf, device=device)
         self.count = torch.zeros((), device=device)

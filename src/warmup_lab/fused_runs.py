@@ -1,0 +1,203 @@
+"""Fused runs recorded as runs: K configs trained together (:mod:`warmup_lab.fused`), each run's
+directory filled as :func:`warmup_lab.run.run` fills it alone, so a sweep's analysis reads them
+like any other runs (``launcher=fused``, docs/performance.md).
+
+Per run: TensorBoard events (``train/loss``, ``train/lr``, ``train/grad_norm``,
+``train/update_ratio``, ``jitter/*``, ``val/loss``, ``val/acc``, ``train/diverged_at``), hparams
+with the same key set, ``metrics.json`` (the same keys, stability summary included, plus
+``fused``: the group) and ``run_meta.json``. Not written: the per-layer ``train/layer/*`` and
+Adam ``train/adam/*`` tags. A run stops being logged at its first non-finite loss (``status:
+diverged``) while the others go on. Fused runs keep no checkpoints: SIGTERM/SIGINT end the group
+after the current step with its running runs ``interrupted`` and their logs flushed; resumed,
+they start again from step 0 (the earlier events are purged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import run_config
+from .fused import FusedTrainer, build_fused
+from .jitter import JitterTracker, MetricsConfig
+from .run import resolve_device, seed_everything
+from .runinfo import now, run_metadata, write_json
+from .signals import GracefulStop
+from .tb import RunWriter, flat_hparams
+from .trainer import TrainResult
+from .validate import check_schedule, validate
+
+JITTER_COLS = ("loss_std", "loss_abs_change", "spike_ratio", "spike_count")
+
+
+class LoggedFusedTrainer(FusedTrainer):
+    """:class:`FusedTrainer` that also writes each run's TensorBoard events, jitter metrics and
+    :class:`TrainResult` as :class:`warmup_lab.trainer.Trainer` does for a run alone."""
+
+    def __init__(self, *args, writers: list[RunWriter], trackers: list[JitterTracker], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.writers, self.trackers = writers, trackers
+        self.results = [TrainResult() for _ in writers]
+
+    def flush(self) -> list[list[int]]:
+        n = len(self.filled)
+        if not n:
+            return super().flush()
+        running = [k for k in range(self.k) if self.status[k] == "running"]
+        # jitter windows for the whole block on the device, read back with the block (one copy)
+        jit = [self.trackers[k].block(self.buffer[:n, 0, k]) for k in running]
+        jit_host = (torch.stack([torch.stack([j[c] for c in JITTER_COLS]) for j in jit]).cpu().tolist()
+                    if jit else [])
+        kept = super().flush()
+        steps, rows = self.block_steps, self.rows
+        for r, k in enumerate(running):
+            idx = kept[k]
+            cols = {"loss": [rows[i][0][k] for i in idx], "grad_norm": [rows[i][1][k] for i in idx]}
+            if self.track_update:
+                cols["update_ratio"] = [rows[i][2][k] for i in idx]
+            cols.update({c: [jit_host[r][j][i] for i in idx] for j, c in enumerate(JITTER_COLS)})
+            for pos, i in enumerate(idx):
+                step = steps[i]
+                values = {"train/loss": cols["loss"][pos], "train/grad_norm": cols["grad_norm"][pos],
+                          "train/lr": self.lrs_host[step][k]}
+                if self.track_update:
+                    values["train/update_ratio"] = cols["update_ratio"][pos]
+                values.update({f"jitter/{c}": cols[c][pos] for c in JITTER_COLS})
+                self.writers[k].scalars(values, step)
+            self.trackers[k].record(cols)
+            result = self.results[k]
+            finite_logged = [v for v in cols["loss"] if math.isfinite(v)]
+            if finite_logged:
+                result.last_train_loss = finite_logged[-1]
+            block = [rows[i][0][k] for i in range(n) if math.isfinite(rows[i][0][k])]
+            if block:
+                result.final_train_loss = sum(block) / len(block)
+            if self.status[k] == "diverged":  # a run alone stops at the end of this block
+                result.status, result.diverged_step = "diverged", self.diverged_step[k]
+                result.steps = steps[-1] + 1
+        return kept
+
+    def evaluate(self) -> list[int]:
+        running = super().evaluate()
+        for k in running:
+            v, result = self.val[k][-1], self.results[k]
+            self.writers[k].scalar("val/loss", v["loss"], v["step"])
+            self.writers[k].scalar("val/acc", v["acc"], v["step"])
+            result.final_val_loss, result.final_val_acc = v["loss"], v["acc"]
+            if math.isfinite(v["loss"]) and (result.best_val_loss is None or v["loss"] < result.best_val_loss):
+                result.best_val_loss = v["loss"]
+            if result.best_val_acc is None or v["acc"] > result.best_val_acc:
+                result.best_val_acc = v["acc"]
+            result.history["val"].append(dict(v))
+        return running
+
+
+def _has_events(run_dir: Path) -> bool:
+    return any(run_dir.glob("events.out.tfevents.*"))
+
+
+def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
+    """Train the runs of ``cfgs`` (composed configs that differ only in
+    :data:`warmup_lab.fused.PER_RUN_KEYS`) fused on one device and record run ``k`` in
+    ``run_dirs[k]`` as :func:`warmup_lab.run.run` would alone; returns their metrics. A bad
+    config raises ``ConfigError`` (or ``ValueError`` for configs that cannot be fused) before
+    anything is built."""
+    for cfg in cfgs:
+        validate(cfg)
+    dirs = [Path(d) for d in run_dirs]
+    k = len(cfgs)
+    tr = cfgs[0].trainer
+    torch.set_num_threads(tr.threads or os.cpu_count() or 1)
+    if tr.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    device = resolve_device(tr.device)
+    seed_everything(int(cfgs[0].seed))
+    digests = [hashlib.sha256(run_config(cfg).encode()).hexdigest()[:16] for cfg in cfgs]
+    group = {"k": k, "runs": [str(d) for d in dirs]}
+    metas = []
+    for j, (cfg, d) in enumerate(zip(cfgs, dirs)):
+        d.mkdir(parents=True, exist_ok=True)
+        meta = run_metadata(device, int(cfg.seed))
+        meta.update(config_digest=digests[j], status="running", resumed_from_step=None,
+                    first_start_time=meta["start_time"], fused={**group, "index": j})
+        write_json(d / "run_meta.json", meta)
+        metas.append(meta)
+    metrics = [{"status": "failed", "diverged_step": None} for _ in cfgs]
+    started = time.perf_counter()
+    writers: list[RunWriter] = []
+    trainer = None
+    stop = GracefulStop().__enter__()
+    try:
+        channels_last = bool(tr.get("channels_last", False))
+        model, optimizer, lrs, data, samplers, device = build_fused(cfgs, device, channels_last=channels_last)
+        steps = len(lrs)
+        schedules = [check_schedule(cfg, steps) for cfg in cfgs]
+        mcfg = MetricsConfig.from_dict(
+            OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None, tr.log_interval)
+        trackers = [JitterTracker([], None, mcfg, steps, device=device) for _ in cfgs]
+        writers = [RunWriter(d, purge_step=0 if _has_events(d) else None) for d in dirs]
+        per_run_params = sum(p[0].numel() for p in model.parameters())
+        for cfg, schedule, writer in zip(cfgs, schedules, writers):
+            extra = {"resolved.total_steps": steps, "resolved.steps_per_epoch": samplers[0].steps_per_epoch,
+                     "resolved.params": per_run_params,
+                     **{f"resolved.{key}": v for key, v in schedule.info().items()}}
+            writer.start_hparams(flat_hparams(cfg, extra))
+        step_fn = torch.compile(model) if tr.get("compile") else None
+        trainer = LoggedFusedTrainer(model, optimizer, lrs, data, samplers, device=device,
+                                     eval_interval=tr.eval_interval, log_interval=tr.log_interval,
+                                     grad_clip=tr.grad_clip, precision=tr.precision,
+                                     channels_last=channels_last, step_fn=step_fn,
+                                     update_ratio=mcfg.update_ratio, writers=writers, trackers=trackers)
+        stop.attach(trainer)
+        trainer.fit()
+        chance = 1.0 / data.spec.num_classes
+        for j, (cfg, schedule, result) in enumerate(zip(cfgs, schedules, trainer.results)):
+            result.status = trainer.status[j]
+            if result.status != "diverged":
+                result.steps = trainer.step
+            if result.status == "diverged":
+                writers[j].scalar("train/diverged_at", float(result.diverged_step), result.diverged_step)
+                result.final_val_loss = result.final_val_acc = None
+            m = {key: v for key, v in vars(result).items() if key != "history"}
+            m.update(trackers[j].summary(chance_acc=chance))
+            m.update(total_steps=steps, warmup_steps=schedule.warmup_steps, peak_lr=float(cfg.optimizer.lr),
+                     data=data.info, val_history=result.history["val"], config_digest=digests[j],
+                     resumed_from_step=None, fused={**group, "index": j})
+            if result.status == "interrupted":
+                m["interrupted_by"] = stop.signal_name
+            else:
+                writers[j].end_hparams({**m, "diverged": float(result.status == "diverged")}, result.steps)
+            metrics[j] = m
+    except Exception as err:
+        text = traceback.format_exc()
+        for m, d in zip(metrics, dirs):
+            m["error"] = f"{type(err).__name__}: {err}"
+            (d / "error.txt").write_text(text)
+        raise
+    finally:
+        stop.restore()
+        wall = time.perf_counter() - started
+        end = now()
+        for j, (m, d, meta) in enumerate(zip(metrics, dirs, metas)):
+            # the group's device time, shared evenly: what one run cost (the group's in fused)
+            m["wall_time_s"] = round(wall / k, 3)
+            m.setdefault("fused", {**group, "index": j})
+            m["fused"]["group_wall_time_s"] = round(wall, 3)
+            m["run_dir"] = str(d)
+            write_json(d / "metrics.json", m)
+            sessions = [{"start_time": meta["start_time"], "end_time": end, "status": m["status"],
+                         "from_step": 0, "to_step": trainer.step if trainer else 0,
+                         "hostname": meta.get("hostname"), "device_name": meta.get("device_name")}]
+            write_json(d / "run_meta.json", {**meta, "end_time": end, "status": m["status"],
+                                             "sessions": sessions})
+        for writer in writers:
+            writer.close()
+    return metrics

@@ -1,0 +1,95 @@
+"""``launcher=fused``: a sweep's fusable jobs train together, yet every job directory reads like a
+run alone, so the analysis cannot tell a fused sweep from a basic one."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import FAST, compose_cfg, read_scalars, run_cli
+from warmup_lab.analysis.arms import group_arms
+from warmup_lab.analysis.load import CURVE_TAGS, load_runs
+from warmup_lab.fused import fused_groups
+from warmup_lab.fused_runs import LoggedFusedTrainer, run_fused
+
+SWEEP = [*FAST, "model.width=8", "trainer.eval_interval=3", "trainer.log_interval=4",
+         "optimizer=sgd,rmsprop", "seed=0,1", "optimizer.lr=0.02,1e9"]  # 1e9: diverges (sgd)
+COMPARED = ("status", "diverged_step", "steps", "final_val_loss", "final_val_acc", "best_val_loss",
+            "final_train_loss", "last_train_loss", "early_jitter", "early_max_grad_norm",
+            "early_max_update_ratio", "train_loss_auc", "max_spike_ratio", "spike_count",
+            "total_steps", "warmup_steps", "peak_lr")
+
+
+def _key(run) -> tuple:
+    return tuple(sorted(o for o in run.overrides if not o.startswith(("launcher", "hydra."))))
+
+
+@pytest.mark.slow
+def test_a_fused_sweep_reads_like_a_basic_one(tmp_path):
+    for launcher in ("basic", "fused"):
+        out = run_cli("-m", f"launcher={launcher}", *SWEEP, f"hydra.sweep.dir={tmp_path / launcher}")
+        assert out.returncode == 0, out.stderr[-3000:]
+    basic = {_key(r): r for r in load_runs([tmp_path / "basic"])}
+    fused = {_key(r): r for r in load_runs([tmp_path / "fused"])}
+    assert len(basic) == 8 and basic.keys() == fused.keys()
+    for key, b in basic.items():
+        f = fused[key]
+        sgd = "optimizer=sgd" in key
+        # sgd jobs were trained as fused groups (seeds x lrs, K = 4); rmsprop ones alone
+        assert (f.metrics.get("fused", {}).get("k") == 4) == sgd, key
+        for name in COMPARED:
+            bv, fv = b.metrics.get(name), f.metrics.get(name)
+            if isinstance(bv, float) and math.isfinite(bv):
+                assert fv == pytest.approx(bv, rel=1e-4, abs=1e-6), (key, name)
+            else:
+                assert fv == bv, (key, name)
+        assert set(b.curves) == set(f.curves) <= set(CURVE_TAGS)
+        for tag, (steps, values) in b.curves.items():
+            fsteps, fvalues = f.curves[tag]
+            assert list(fsteps) == list(steps), (key, tag)
+            finite = [i for i, v in enumerate(values) if math.isfinite(v)]
+            assert [fvalues[i] for i in finite] == pytest.approx([values[i] for i in finite],
+                                                                 rel=1e-4, abs=1e-6), (key, tag)
+    assert {1e9} == {r.get("optimizer.lr") for r in fused.values() if r.status == "diverged"}
+    arms_b = sorted((a.label, len(a.runs)) for a in group_arms(list(basic.values())))
+    arms_f = sorted((a.label, len(a.runs)) for a in group_arms(list(fused.values())))
+    assert arms_b == arms_f
+    status = json.loads((tmp_path / "fused" / "sweep_status.json").read_text())
+    assert status["counts"] == json.loads((tmp_path / "basic" / "sweep_status.json").read_text())["counts"]
+
+
+def test_groups_follow_the_per_run_keys_and_max_runs():
+    base = ["model.width=8"]
+    cfgs = [compose_cfg(*base, f"seed={s}") for s in range(5)]                     # 0-4 fuse
+    cfgs.append(compose_cfg(*base, "trainer.batch_size=32"))                        # 5: other batch
+    cfgs.append(compose_cfg(*base, "optimizer.lr=0.3", "scheduler=warmuplinear"))  # 6: per-run keys
+    cfgs.append(compose_cfg("model=transformer", "data=bytes"))                     # 7: not fusable
+    cfgs.append(compose_cfg(*base, "optimizer=rmsprop"))                            # 8: not fusable
+    assert fused_groups(cfgs, 3) == [[0, 1, 2], [3, 4, 6], [5], [7], [8]]
+    assert fused_groups(cfgs, 8) == [[0, 1, 2, 3, 4, 6], [5], [7], [8]]
+
+
+def test_an_interrupted_fused_group_starts_again_and_logs_each_step_once(tmp_path, monkeypatch):
+    cfgs = [compose_cfg("model.width=8", f"seed={s}") for s in (0, 1)]
+    dirs = [tmp_path / "0", tmp_path / "1"]
+    original = LoggedFusedTrainer.train_step
+
+    def stop_after_step_3(self):
+        original(self)
+        if self.step == 3:
+            self.stop_requested = True  # what the SIGTERM handler does
+
+    monkeypatch.setattr(LoggedFusedTrainer, "train_step", stop_after_step_3)
+    stopped = run_fused(cfgs, dirs)
+    assert [m["status"] for m in stopped] == ["interrupted", "interrupted"]
+    for d in dirs:
+        on_disk = json.loads((d / "metrics.json").read_text())
+        assert on_disk["status"] == "interrupted" and on_disk["steps"] == 3
+        assert [s for s, _ in read_scalars(d)["train/loss"]] == [0, 1, 2]  # flushed before stopping
+    monkeypatch.setattr(LoggedFusedTrainer, "train_step", original)
+    done = run_fused(cfgs, dirs)
+    assert [m["status"] for m in done] == ["completed", "completed"]
+    for d in dirs:
+        assert [s for s, _ in read_scalars(d)["train/loss"]] == list(range(6))  # earlier ones purged
