@@ -49,7 +49,7 @@ def fused_steps(cfgs, device, steps: int, channels_last: bool) -> tuple[float, f
     tr = cfgs[0].trainer
     t = FusedTrainer(model, opt, lrs, data, samplers, device=device, eval_interval=10**9,
                      log_interval=tr.log_interval, precision=tr.precision, channels_last=channels_last,
-                     update_ratio=True)  # per-run update ratios, as the Trainer side logs them
+                     update_ratio=True, layer_interval=10 * tr.log_interval)  # the Trainer side's metrics
     for _ in range(2):
         t.train_step()
     t.flush()

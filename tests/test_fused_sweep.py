@@ -60,6 +60,29 @@ def test_a_fused_sweep_reads_like_a_basic_one(tmp_path):
     assert status["counts"] == json.loads((tmp_path / "basic" / "sweep_status.json").read_text())["counts"]
 
 
+@pytest.mark.parametrize("extra", [["optimizer=sgd", "trainer.grad_clip=1.0"],
+                                   ["optimizer=adamw", "trainer.channels_last=true"]], ids=["sgd_clip", "adamw_cl"])
+def test_fused_run_dirs_hold_every_tag_of_a_run_alone(tmp_path, extra):
+    """Every TensorBoard tag (per-layer and Adam ones included) at the same steps with the same
+    values, and metrics.json with the same keys."""
+    from warmup_lab.run import run
+
+    lrs = (0.02, 0.01) if "optimizer=sgd" in extra else (1e-3, 3e-3)
+    cfgs = [compose_cfg("model.width=8", "trainer.metrics.layer_interval=2", *extra, f"seed={s}",
+                        f"optimizer.lr={lr}") for s, lr in zip((0, 1), lrs)]
+    fused = run_fused(cfgs, [tmp_path / "f0", tmp_path / "f1"])
+    for k, cfg in enumerate(cfgs):
+        alone = run(cfg, tmp_path / f"a{k}")
+        assert set(fused[k]) - set(alone) == {"fused"} and set(alone) <= set(fused[k])
+        sa, sf = read_scalars(tmp_path / f"a{k}"), read_scalars(tmp_path / f"f{k}")
+        assert set(sa) == set(sf) and any(t.startswith("train/layer/update_ratio/") for t in sf)
+        assert any(t.startswith("train/adam/") for t in sf) == ("optimizer=adamw" in extra)
+        for tag, points in sa.items():
+            assert [s for s, _ in sf[tag]] == [s for s, _ in points], tag
+            assert [v for _, v in sf[tag]] == pytest.approx([v for _, v in points], rel=1e-3, abs=1e-7,
+                                                            nan_ok=True), tag
+
+
 def test_groups_follow_the_per_run_keys_and_max_runs():
     base = ["model.width=8"]
     cfgs = [compose_cfg(*base, f"seed={s}") for s in range(5)]                     # 0-4 fuse

@@ -64,7 +64,8 @@ def test_fused_runs_do_not_synchronise(tmp_path):
                         f"optimizer.lr={lr}") for s, lr in ((0, 0.1), (1, 0.05), (2, 0.2))]
     model, opt, lrs, data, samplers, device = build_fused(cfgs, "cuda", channels_last=True)
     trainer = FusedTrainer(model, opt, lrs, data, samplers, device=device, eval_interval=1000,
-                           log_interval=8, precision="bf16", channels_last=True, update_ratio=True)
+                           log_interval=8, precision="bf16", channels_last=True, update_ratio=True,
+                           layer_interval=8)
     for _ in range(8):
         trainer.train_step()
     trainer.flush()

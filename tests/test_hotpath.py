@@ -91,14 +91,15 @@ def test_steps_between_flushes_read_nothing_from_the_device(tmp_path, monkeypatc
 
 
 def test_fused_steps_read_nothing_from_the_device(monkeypatch):
-    """The fused trainer of ``launcher=fused`` (K runs as one model), update ratios on."""
+    """The fused trainer of ``launcher=fused`` (K runs as one model), update ratios and a layer
+    step (per-layer norms, Adam quantiles) inside the window."""
     from warmup_lab.fused import FusedTrainer, build_fused
 
     cfgs = [compose_cfg("model.width=8", "trainer.max_steps=30", f"seed={s}", f"optimizer.lr={lr}",
                         "optimizer=adamw") for s, lr in ((0, 1e-3), (1, 3e-3))]
     model, opt, lrs, data, samplers, device = build_fused(cfgs, "cpu")
     trainer = FusedTrainer(model, opt, lrs, data, samplers, device=device, eval_interval=1000,
-                           log_interval=8, update_ratio=True)
+                           log_interval=8, update_ratio=True, layer_interval=8)
     for _ in range(8):
         trainer.train_step()
     trainer.flush()
@@ -106,6 +107,7 @@ def test_fused_steps_read_nothing_from_the_device(monkeypatch):
     assert not reads, f"{len(reads)} host reads in the fused step; first: {reads[0][0]}\n{reads[0][1]}"
     trainer.flush()
     assert all(len(r) == 15 and all(v > 0 for v in r) for r in trainer.update_ratio)
+    assert list(trainer.block_layer_stats) == [8] and not trainer.layer_queue
 
 
 def test_the_check_sees_a_host_read(tmp_path, monkeypatch):

@@ -38,6 +38,7 @@ from torch import nn
 
 from .data.cifar import apply_crop_flip, crop_flip_params, random_crop_flip
 from .models.resnet import BasicBlock, CifarResNet
+from .jitter import log_step_stats
 from .schedules import ScheduleLR
 
 FUSED_OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -182,7 +183,9 @@ class FusedOptimizer:
         self.name, self.k = name, k
         self.momentum, self.dampening, self.nesterov = momentum, dampening, nesterov
         self.betas, self.eps = tuple(betas), eps
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names, self.params = [n for n, _ in named], [p for _, p in named]
+        self.layer_idx = [i for i, p in enumerate(self.params) if p.dim() - 1 >= 2]  # per run >= 2-D
         first = self.params[0]
         total = sum(p.numel() for p in self.params)
         self.flat = torch.empty(total, dtype=first.dtype, device=first.device)
@@ -240,9 +243,32 @@ class FusedOptimizer:
     def update_ratios(self) -> torch.Tensor:
         """Per-run ``||theta_{t+1} - theta_t|| / ||theta_t||`` ``(K,)`` since :meth:`snapshot`,
         the ``train/update_ratio`` of each run alone; no host sync."""
-        p_norms = self._run_norms(self._prev_slices)
+        self._p_norms = torch.stack(torch._foreach_norm(self._prev_slices)).view(-1, self.k)
         torch.sub(self.flat, self.prev, out=self.delta)
-        return self._run_norms(self._delta_slices) / p_norms.clamp(min=torch.finfo(p_norms.dtype).tiny)
+        self._d_norms = torch.stack(torch._foreach_norm(self._delta_slices)).view(-1, self.k)
+        p_norms = torch.linalg.vector_norm(self._p_norms, dim=0)
+        return torch.linalg.vector_norm(self._d_norms, dim=0) / p_norms.clamp(min=torch.finfo(p_norms.dtype).tiny)
+
+    @torch.no_grad()
+    def layer_stats(self, update_ratio: bool) -> dict[str, torch.Tensor]:
+        """What :class:`warmup_lab.jitter.JitterTracker` logs per run on layer steps, as ``(K,)``
+        device tensors: per-layer gradient norms (before clipping, from :meth:`grad_norms`),
+        per-layer update ratios (after :meth:`update_ratios`) and, for Adam, the quantiles of
+        the effective per-coordinate step. Call it after :meth:`step`."""
+        tiny = torch.finfo(self.flat.dtype).tiny
+        out = {f"train/layer/grad_norm/{self.names[i]}": self._grad_norms[i] for i in self.layer_idx}
+        if update_ratio:
+            out.update({f"train/layer/update_ratio/{self.names[i]}": self._d_norms[i] / self._p_norms[i].clamp(min=tiny)
+                        for i in self.layer_idx})
+        if self.exp_avg_sq is not None:
+            v_hat = self.exp_avg_sq / (1 - self.betas[1] ** self.steps)
+            eff = self._lr_e / (v_hat.sqrt() + self.eps)
+            slices = self._slices(eff)
+            per_run = [log_step_stats(torch.cat([t.reshape(-1) for t in slices[k::self.k]]))
+                       for k in range(self.k)]
+            out.update({f"train/adam/eff_lr_{key}": torch.stack([r[key] for r in per_run])
+                        for key in per_run[0]})
+        return out
 
     def zero_grad(self) -> None:
         self.grad.zero_()
@@ -256,9 +282,10 @@ class FusedOptimizer:
 
     def grad_norms(self) -> torch.Tensor:
         """Per-run global L2 norm of the gradients, ``(K,)``, computed as
-        ``torch.nn.utils.get_total_norm`` does (norm of the per-tensor norms); no host sync."""
-        norms = torch.stack(torch._foreach_norm(self.grad_slices)).view(-1, self.k)
-        return torch.linalg.vector_norm(norms, dim=0)
+        ``torch.nn.utils.get_total_norm`` does (norm of the per-tensor norms); no host sync.
+        The per-tensor norms ``(P, K)`` are kept for :meth:`layer_stats`."""
+        self._grad_norms = torch.stack(torch._foreach_norm(self.grad_slices)).view(-1, self.k)
+        return torch.linalg.vector_norm(self._grad_norms, dim=0)
 
     def clip_(self, norms: torch.Tensor, max_norm: float) -> None:
         """``torch.nn.utils.clip_grads_with_norm_`` per run."""
@@ -267,7 +294,7 @@ class FusedOptimizer:
 
     @torch.no_grad()
     def step(self, lr: torch.Tensor) -> None:
-        lr_e = lr.to(self.flat.dtype)[self.run]
+        lr_e = self._lr_e = lr.to(self.flat.dtype)[self.run]
         p, g = self.flat, self.grad
         self.steps += 1
         if self.name == "sgd":
@@ -409,7 +436,7 @@ class FusedTrainer:
                  data, samplers: list, *, device: torch.device, eval_interval: int,
                  log_interval: int, grad_clip: float | None = None, precision: str = "fp32",
                  channels_last: bool = False, eval_batch_size: int = 512, step_fn=None,
-                 update_ratio: bool = False):
+                 update_ratio: bool = False, layer_interval: int | None = None):
         self.model, self.optimizer, self.data, self.samplers = model, optimizer, data, samplers
         self.k, self.device = model.k, device
         self.total_steps = len(lrs)
@@ -422,6 +449,9 @@ class FusedTrainer:
                          if precision == "bf16" else nullcontext())
         self.forward = step_fn or model
         self.track_update = update_ratio
+        self.layer_interval = layer_interval  # per-layer stats every this many steps (None: off)
+        self.layer_queue: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self.block_layer_stats: dict[int, dict[str, list[float]]] = {}  # of the last flush
         self.buffer = torch.full((log_interval, 3, self.k), float("nan"), device=device)
         self.filled: list[int] = []
         self.step = 0
@@ -473,6 +503,8 @@ class FusedTrainer:
         self.buffer[row, 1] = norms
         if self.track_update:
             self.buffer[row, 2] = self.optimizer.update_ratios()
+        if self.layer_interval and self.step % self.layer_interval == 0:
+            self.layer_queue.append((self.step, self.optimizer.layer_stats(self.track_update)))
         self.filled.append(self.step)
         self.step += 1
 
@@ -484,6 +516,10 @@ class FusedTrainer:
         n = len(self.filled)
         self.rows = rows = self.buffer[:n].cpu().tolist()
         self.buffer[:n] = float("nan")
+        queue, self.layer_queue = self.layer_queue, []
+        values = iter(torch.stack([t.float() for _, d in queue for t in d.values()]).cpu().tolist()
+                      if queue else [])
+        self.block_layer_stats = {step: dict(zip(d, values)) for step, d in queue}  # tag -> K values
         kept: list[list[int]] = [[] for _ in range(self.k)]
         for i, (step, (losses, norms, ratios)) in enumerate(zip(self.filled, rows)):
             for k in range(self.k):

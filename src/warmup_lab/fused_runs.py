@@ -4,9 +4,9 @@ like any other runs (``launcher=fused``, docs/performance.md).
 
 Per run: TensorBoard events (``train/loss``, ``train/lr``, ``train/grad_norm``,
 ``train/update_ratio``, ``jitter/*``, ``val/loss``, ``val/acc``, ``train/diverged_at``), hparams
-with the same key set, ``metrics.json`` (the same keys, stability summary included, plus
-``fused``: the group) and ``run_meta.json``. Not written: the per-layer ``train/layer/*`` and
-Adam ``train/adam/*`` tags. A run stops being logged at its first non-finite loss (``status:
+with the same key set, per-layer ``train/layer/*`` and Adam ``train/adam/*`` every
+``layer_interval`` steps, ``metrics.json`` (the same keys, stability summary included, plus
+``fused``: the group) and ``run_meta.json``. A run stops being logged at its first non-finite loss (``status:
 diverged``) while the others go on. Fused runs keep no checkpoints: SIGTERM/SIGINT end the group
 after the current step with its running runs ``interrupted`` and their logs flushed; resumed,
 they start again from step 0 (the earlier events are purged).
@@ -56,6 +56,7 @@ class LoggedFusedTrainer(FusedTrainer):
         jit_host = (torch.stack([torch.stack([j[c] for c in JITTER_COLS]) for j in jit]).cpu().tolist()
                     if jit else [])
         kept = super().flush()
+        layer = self.block_layer_stats
         steps, rows = self.block_steps, self.rows
         for r, k in enumerate(running):
             idx = kept[k]
@@ -70,6 +71,7 @@ class LoggedFusedTrainer(FusedTrainer):
                 if self.track_update:
                     values["train/update_ratio"] = cols["update_ratio"][pos]
                 values.update({f"jitter/{c}": cols[c][pos] for c in JITTER_COLS})
+                values.update({tag: v[k] for tag, v in layer.get(step, {}).items()})
                 self.writers[k].scalars(values, step)
             self.trackers[k].record(cols)
             result = self.results[k]
@@ -155,7 +157,9 @@ def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
                                      eval_interval=tr.eval_interval, log_interval=tr.log_interval,
                                      grad_clip=tr.grad_clip, precision=tr.precision,
                                      channels_last=channels_last, step_fn=step_fn,
-                                     update_ratio=mcfg.update_ratio, writers=writers, trackers=trackers)
+                                     update_ratio=mcfg.update_ratio,
+                                     layer_interval=mcfg.layer_interval if mcfg.layers else None,
+                                     writers=writers, trackers=trackers)
         stop.attach(trainer)
         trainer.fit()
         chance = 1.0 / data.spec.num_classes

@@ -178,6 +178,12 @@ def effective_step_stats(optimizer: torch.optim.Optimizer, quantiles=ADAM_QUANTI
     eff = effective_steps(optimizer)
     if eff is None or eff.numel() == 0:
         return {}
+    return log_step_stats(eff, quantiles, max_elements)
+
+
+def log_step_stats(eff: torch.Tensor, quantiles=ADAM_QUANTILES,
+                   max_elements: int = MAX_QUANTILE_ELEMENTS) -> dict[str, torch.Tensor]:
+    """:func:`effective_step_stats` of a flat tensor of effective steps."""
     if eff.numel() > max_elements:
         eff = eff[:: math.ceil(eff.numel() / max_elements)]
     logs = torch.log10(eff.clamp(min=torch.finfo(torch.float32).tiny))
