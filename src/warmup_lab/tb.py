@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import yaml
@@ -66,6 +67,23 @@ def flat_hparams(cfg: DictConfig, extra: dict | None = None) -> dict:
     return {k: _as_hparam(v) for k, v in sorted(flat.items())}
 
 
+def _after_existing_files(run_dir: Path) -> None:
+    """Wait (at most a second) until a new event file's name sorts after every existing one.
+    Readers load event files in name order, ``events.out.tfevents.<seconds>.<host>.<pid>.<n>``,
+    and a purge only drops the events of files read before it: within the same second and
+    process the counter ``n`` compares as text (``.10`` before ``.9``)."""
+    stamps = []
+    for f in run_dir.glob("events.out.tfevents.*"):
+        try:
+            stamps.append(int(f.name.split(".")[3]))
+        except (IndexError, ValueError):
+            continue
+    if stamps:
+        wait = max(stamps) + 1 - time.time()
+        if 0 < wait <= 1:
+            time.sleep(wait)
+
+
 class RunWriter:
     """``SummaryWriter`` on the run directory plus the hparams summary written on that same
     writer (``add_hparams`` would make a separate sub-run)."""
@@ -73,6 +91,8 @@ class RunWriter:
     def __init__(self, run_dir: Path, flush_secs: int = 30, purge_step: int | None = None):
         # purge_step (a resumed run): readers discard this directory's earlier events at steps
         # >= purge_step, i.e. those logged after the checkpoint by the interrupted process
+        if purge_step is not None:
+            _after_existing_files(Path(run_dir))
         self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=flush_secs, purge_step=purge_step)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
