@@ -1,6 +1,7 @@
 """Sweep throughput: runs per hour of a small slice of a claim preset through `train.py -m`, one
 run after another (`launcher=basic`, 1 and all-core threads) against parallel jobs
-(`launcher=joblib`, cores // jobs threads each), timed side by side (interleaved repeats, medians).
+(`launcher=joblib`, cores // jobs threads each) and fused runs (`launcher=fused`: the slice's runs
+as one model), timed side by side (interleaved repeats, medians).
 Wall time of the whole command: process start-up and per-job overhead included.
 
     .venv/bin/python scripts/bench_sweep.py [--preset warmup_adam_vs_sgd] [--repeats 3]
@@ -33,6 +34,7 @@ def modes(n_cores: int) -> dict[str, list[str]]:
         f"basic, {n_cores} threads": ["launcher=basic", f"trainer.threads={n_cores}"],
         f"joblib, {n_cores} jobs x 1 thread": ["launcher=joblib", f"hydra.launcher.n_jobs={n_cores}",
                                                "trainer.threads=1"],
+        f"fused, {n_cores} threads": ["launcher=fused", f"trainer.threads={n_cores}"],
     }
 
 

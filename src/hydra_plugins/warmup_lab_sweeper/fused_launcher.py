@@ -120,9 +120,8 @@ class FusedLauncher(Launcher):
                 results[i] = self._run_job(sweep_cfgs[i], self.task_function)
                 continue
             self._run_group(group, setups, initial_job_idx)
-            results_group = [setups[i] for i in group]
-            for i, r in zip(group, results_group):
-                results[i] = r
+            for i in group:
+                results[i] = setups[i]
         return results
 
     def _run_group(self, group: List[int], setups: List[JobReturn], initial_job_idx: int) -> None:
