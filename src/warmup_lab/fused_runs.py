@@ -51,7 +51,7 @@ class LoggedFusedTrainer(FusedTrainer):
         if not n:
             return super().flush()
         running = [k for k in range(self.k) if self.status[k] == "running"]
-        # jitter windows for the whole block on the device, read back with the block (one copy)
+        # jitter windows for the whole block on the device, one read-back for all running runs
         jit = [self.trackers[k].block(self.buffer[:n, 0, k]) for k in running]
         jit_host = (torch.stack([torch.stack([j[c] for c in JITTER_COLS]) for j in jit]).cpu().tolist()
                     if jit else [])
