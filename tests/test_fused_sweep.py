@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from conftest import FAST, compose_cfg, read_scalars, run_cli
+from conftest import FAST, ROOT, compose_cfg, read_scalars, run_cli
 from warmup_lab.analysis.arms import group_arms
 from warmup_lab.analysis.load import CURVE_TAGS, load_runs
 from warmup_lab.fused import fused_groups
@@ -94,8 +98,12 @@ def test_groups_follow_the_per_run_keys_and_max_runs():
     assert fused_groups(cfgs, 8) == [[0, 1, 2, 3, 4, 6], [5], [7], [8]]
 
 
-def test_an_interrupted_fused_group_starts_again_and_logs_each_step_once(tmp_path, monkeypatch):
-    cfgs = [compose_cfg("model.width=8", f"seed={s}") for s in (0, 1)]
+def test_an_interrupted_fused_group_continues_exactly_and_logs_each_step_once(tmp_path, monkeypatch):
+    """SIGTERM's flag at step 3: checkpoint, runs interrupted; run again, the same group continues
+    from its checkpoint to the numbers of an uninterrupted group, bit for bit (CPU)."""
+    cfgs = [compose_cfg("model.width=8", f"seed={s}", f"optimizer.lr={lr}")
+            for s, lr in ((0, 0.02), (1, 0.01))]
+    whole = run_fused(cfgs, [tmp_path / "w0", tmp_path / "w1"])
     dirs = [tmp_path / "0", tmp_path / "1"]
     original = LoggedFusedTrainer.train_step
 
@@ -107,12 +115,79 @@ def test_an_interrupted_fused_group_starts_again_and_logs_each_step_once(tmp_pat
     monkeypatch.setattr(LoggedFusedTrainer, "train_step", stop_after_step_3)
     stopped = run_fused(cfgs, dirs)
     assert [m["status"] for m in stopped] == ["interrupted", "interrupted"]
+    assert [p.name for p in (dirs[0] / "fused_checkpoints").glob("*.pt")] == ["step_000000003.pt"]
     for d in dirs:
         on_disk = json.loads((d / "metrics.json").read_text())
         assert on_disk["status"] == "interrupted" and on_disk["steps"] == 3
         assert [s for s, _ in read_scalars(d)["train/loss"]] == [0, 1, 2]  # flushed before stopping
     monkeypatch.setattr(LoggedFusedTrainer, "train_step", original)
     done = run_fused(cfgs, dirs)
-    assert [m["status"] for m in done] == ["completed", "completed"]
-    for d in dirs:
-        assert [s for s, _ in read_scalars(d)["train/loss"]] == list(range(6))  # earlier ones purged
+    for k, d in enumerate(dirs):
+        assert done[k]["status"] == "completed" and done[k]["resumed_from_step"] == 3
+        assert done[k]["val_history"] == whole[k]["val_history"]
+        assert done[k]["final_val_loss"] == whole[k]["final_val_loss"]
+        resumed, uninterrupted = read_scalars(d), read_scalars(tmp_path / f"w{k}")
+        assert set(resumed) == set(uninterrupted)
+        for tag in ("train/loss", "train/update_ratio", "jitter/loss_std", "val/loss"):
+            assert resumed[tag] == uninterrupted[tag], tag  # each step once, the same values
+        meta = json.loads((d / "run_meta.json").read_text())
+        assert [(s["from_step"], s["to_step"]) for s in meta["sessions"]] == [(0, 3), (3, 6)]
+
+
+def test_another_group_of_the_same_dirs_starts_again(tmp_path, monkeypatch):
+    """A checkpoint is only continued by its own group: the same dirs fused with another run
+    (a new job joined the sweep) start from step 0, earlier events purged."""
+    cfgs = [compose_cfg("model.width=8", f"seed={s}") for s in (0, 1, 2)]
+    dirs = [tmp_path / str(i) for i in range(3)]
+    original = LoggedFusedTrainer.train_step
+
+    def stop_after_step_3(self):
+        original(self)
+        if self.step == 3:
+            self.stop_requested = True
+
+    monkeypatch.setattr(LoggedFusedTrainer, "train_step", stop_after_step_3)
+    run_fused(cfgs[:2], dirs[:2])
+    monkeypatch.setattr(LoggedFusedTrainer, "train_step", original)
+    done = run_fused(cfgs, dirs)
+    assert [m["resumed_from_step"] for m in done] == [None, None, None]
+    assert [s for s, _ in read_scalars(dirs[0])["train/loss"]] == list(range(6))
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_fused_sweep_then_resume(tmp_path):
+    """A real `kill -TERM` while a fused group trains: exit 143, both runs interrupted with a
+    checkpoint; the same sweep with trainer.resume=true continues the group to the numbers of an
+    uninterrupted one."""
+    args = ["trainer.progress=false", "trainer.max_steps=300", "trainer.checkpoint_interval=20",
+            "trainer.eval_interval=100", "trainer.log_interval=10", "trainer.batch_size=16",
+            "trainer.device=cpu", "trainer.threads=1", "scheduler.warmup_ratio=null",
+            "scheduler.warmup_steps=50", "model.width=8"]
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "launcher=fused", "seed=0,1", *args,
+           f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(sweep.glob("0/fused_checkpoints/step_*.pt")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    first = [json.loads((sweep / j / "metrics.json").read_text()) for j in ("0", "1")]
+    assert [m["status"] for m in first] == ["interrupted"] * 2 and 20 <= first[0]["steps"] < 300
+    assert "trainer.resume=true" in err
+
+    proc = subprocess.run([*cmd, "trainer.resume=true"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = [json.loads((sweep / j / "metrics.json").read_text()) for j in ("0", "1")]
+    assert [m["status"] for m in second] == ["completed"] * 2
+    assert [m["resumed_from_step"] for m in second] == [first[0]["steps"]] * 2
+    ref = run_fused([compose_cfg(*args, f"seed={s}", fast=False) for s in (0, 1)],
+                    [tmp_path / "ref0", tmp_path / "ref1"])
+    for j in (0, 1):
+        losses = read_scalars(sweep / str(j))["train/loss"]
+        assert [s for s, _ in losses] == list(range(300))
+        assert losses == read_scalars(tmp_path / f"ref{j}")["train/loss"]
+        assert second[j]["final_val_loss"] == ref[j]["final_val_loss"]

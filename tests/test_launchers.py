@@ -69,7 +69,8 @@ def _hydra_cfg(*overrides):
 
 @pytest.mark.parametrize("name,target", [
     ("basic", "basic_launcher.BasicLauncher"), ("joblib", "joblib_launcher.JoblibLauncher"),
-    ("submitit_local", "submitit_launcher.LocalLauncher"), ("slurm", "submitit_launcher.SlurmLauncher")])
+    ("submitit_local", "submitit_launcher.LocalLauncher"), ("slurm", "submitit_launcher.SlurmLauncher"),
+    ("fused", "fused_launcher.FusedLauncher")])
 def test_launcher_group_selects_the_hydra_launcher(name, target):
     cfg = _hydra_cfg(f"launcher={name}")
     assert cfg.hydra.launcher._target_.endswith(target)

@@ -273,6 +273,21 @@ class FusedOptimizer:
     def zero_grad(self) -> None:
         self.grad.zero_()
 
+    def state_dict(self) -> dict:
+        """The parameters (flat), the update's buffers and the step count (tensors on the CPU)."""
+        def cpu(t):
+            return None if t is None else t.detach().cpu().clone()
+        return {"flat": cpu(self.flat), "buf": cpu(self.buf), "exp_avg": cpu(self.exp_avg),
+                "exp_avg_sq": cpu(self.exp_avg_sq), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.flat.copy_(state["flat"])
+        def dev(t):
+            return None if t is None else t.to(self.flat.device, self.flat.dtype)
+        self.buf, self.exp_avg, self.exp_avg_sq = dev(state["buf"]), dev(state["exp_avg"]), dev(state["exp_avg_sq"])
+        self.steps = int(state["steps"])
+
     def check_grads(self) -> None:
         """Raise if autograd replaced a ``.grad`` instead of accumulating into the flat buffer."""
         lo = self.grad.data_ptr()
@@ -436,7 +451,8 @@ class FusedTrainer:
                  data, samplers: list, *, device: torch.device, eval_interval: int,
                  log_interval: int, grad_clip: float | None = None, precision: str = "fp32",
                  channels_last: bool = False, eval_batch_size: int = 512, step_fn=None,
-                 update_ratio: bool = False, layer_interval: int | None = None):
+                 update_ratio: bool = False, layer_interval: int | None = None,
+                 checkpoint_interval: int | None = None, checkpoint_fn=None):
         self.model, self.optimizer, self.data, self.samplers = model, optimizer, data, samplers
         self.k, self.device = model.k, device
         self.total_steps = len(lrs)
@@ -461,6 +477,7 @@ class FusedTrainer:
         self.update_ratio = [[] for _ in range(k)]
         self.val = [[] for _ in range(k)]
         self.stop_requested = False  # set by a signal handler: end after the current step
+        self.checkpoint_interval, self.checkpoint_fn = checkpoint_interval, checkpoint_fn
         self.status = ["running"] * k
         self.diverged_step: list[int | None] = [None] * k
 
@@ -557,23 +574,59 @@ class FusedTrainer:
         return running
 
     def fit(self) -> None:
-        """Train to ``total_steps``, or until every run diverged; ``stop_requested`` ends it
-        after the current step with the running runs ``interrupted`` (fused runs keep no
-        checkpoint: they start again from step 0 when resumed)."""
+        """Train from ``self.step`` to ``total_steps``, or until every run diverged.
+
+        ``stop_requested`` (a signal) ends it after the current step and the evaluation due at
+        it, with a checkpoint, and the running runs ``interrupted``. Checkpoints (with a
+        ``checkpoint_fn``) are taken every ``checkpoint_interval`` steps after that step's
+        flush and evaluation, so they hold no pending rows."""
         while self.step < self.total_steps and "running" in self.status:
             self.train_step()
             if len(self.filled) == self.log_interval or self.step == self.total_steps:
                 self.flush()
+            more = self.step < self.total_steps
+            save = self.checkpoint_fn is not None and more and (
+                self.stop_requested or (self.checkpoint_interval and self.step % self.checkpoint_interval == 0))
+            if save:
+                self.flush()
+            if more and self.step % self.eval_interval == 0 and "running" in self.status:
+                self.evaluate()
+            if save:
+                self.checkpoint_fn(self.state_dict())
             if self.stop_requested:
                 break
-            if self.step % self.eval_interval == 0 and self.step < self.total_steps:
-                self.evaluate()
         self.flush()
         if self.stop_requested and self.step < self.total_steps:
             self.status = ["interrupted" if s == "running" else s for s in self.status]
             return
         self.evaluate()
         self.status = ["completed" if s == "running" else s for s in self.status]
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly after a flush (tensors and plain types, so it
+        loads with ``weights_only``): model (BN statistics), optimizer, samplers, RNG states and
+        the per-run sequences so far."""
+        from .checkpoint import rng_state
+
+        assert not self.filled, "a fused checkpoint is taken right after a flush"
+        return {"step": self.step, "purge_step": self.step, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "lr_adapter": None,
+                "sampler": [s.state_dict() for s in self.samplers], "rng": rng_state(),
+                "result": {"loss": self.loss, "grad_norm": self.grad_norm, "update_ratio": self.update_ratio,
+                           "val": self.val, "status": self.status, "diverged_step": self.diverged_step}}
+
+    def load_state_dict(self, state: dict) -> None:
+        from .checkpoint import set_rng_state
+
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for sampler, s in zip(self.samplers, state["sampler"]):
+            sampler.load_state_dict(s)
+        r = state["result"]
+        self.loss, self.grad_norm, self.update_ratio = r["loss"], r["grad_norm"], r["update_ratio"]
+        self.val, self.status, self.diverged_step = r["val"], list(r["status"]), list(r["diverged_step"])
+        self.step = int(state["step"])
+        set_rng_state(state["rng"])
 
 
 def build_fused(cfgs: list[DictConfig], device: torch.device | str | None = None, *,

@@ -7,14 +7,23 @@ Per run: TensorBoard events (``train/loss``, ``train/lr``, ``train/grad_norm``,
 with the same key set, per-layer ``train/layer/*`` and Adam ``train/adam/*`` every
 ``layer_interval`` steps, ``metrics.json`` (the same keys, stability summary included, plus
 ``fused``: the group) and ``run_meta.json``. A run stops being logged at its first non-finite loss (``status:
-diverged``) while the others go on. Fused runs keep no checkpoints: SIGTERM/SIGINT end the group
-after the current step with its running runs ``interrupted`` and their logs flushed; resumed,
-they start again from step 0 (the earlier events are purged).
+diverged``) while the others go on.
+
+Checkpoints: the group's state is saved every ``trainer.checkpoint_interval`` steps and on
+SIGTERM/SIGINT (after the current step and the evaluation due at it; running runs end
+``interrupted``) into ``<first run dir>/fused_checkpoints`` (atomic, the last two kept, as
+:mod:`warmup_lab.checkpoint`), and every run dir names its group in ``fused_group.json``. The
+same group (same run dirs, same configs) continues from the newest checkpoint, bit for bit on
+the CPU; TensorBoard readers drop the events logged after it. Any other group of those dirs
+starts again from step 0 (all earlier events purged).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+import logging
 import math
 import os
 import time
@@ -24,7 +33,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import run_config
+from .checkpoint import CheckpointError, load_latest, run_config
+from .checkpoint import save as save_checkpoint
 from .fused import FusedTrainer, build_fused
 from .jitter import JitterTracker, MetricsConfig
 from .run import resolve_device, seed_everything
@@ -35,6 +45,10 @@ from .trainer import TrainResult
 from .validate import check_schedule, validate
 
 JITTER_COLS = ("loss_std", "loss_abs_change", "spike_ratio", "spike_count")
+GROUP_FILE = "fused_group.json"      # in every run dir: the group and where its checkpoints are
+CHECKPOINTS = "fused_checkpoints"    # in the group's first run dir
+
+log = logging.getLogger(__name__)
 
 
 class LoggedFusedTrainer(FusedTrainer):
@@ -86,6 +100,28 @@ class LoggedFusedTrainer(FusedTrainer):
                 result.steps = steps[-1] + 1
         return kept
 
+    def state_dict(self) -> dict:
+        for writer in self.writers:  # every step before the checkpoint is on disk
+            writer.flush()
+        state = super().state_dict()
+        state["result"]["runs"] = [dataclasses.asdict(r) for r in self.results]
+        state["tracker"] = [t.state_dict() for t in self.trackers]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.results = [TrainResult(**r) for r in state["result"]["runs"]]
+        for tracker, t in zip(self.trackers, state["tracker"]):
+            tracker.load_state_dict(t)
+
+    def relog_val(self, from_step: int) -> None:
+        """Log again the evaluations at ``from_step`` or later: the resumed writers purge them."""
+        for k, writer in enumerate(self.writers):
+            for v in self.val[k]:
+                if v["step"] >= from_step:
+                    writer.scalar("val/loss", v["loss"], v["step"])
+                    writer.scalar("val/acc", v["acc"], v["step"])
+
     def evaluate(self) -> list[int]:
         running = super().evaluate()
         for k in running:
@@ -105,6 +141,31 @@ def _has_events(run_dir: Path) -> bool:
     return any(run_dir.glob("events.out.tfevents.*"))
 
 
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _group_checkpoint(dirs: list[Path], identities: list[str]) -> dict | None:
+    """The newest checkpoint of this exact group (same run dirs in the same order, same
+    configs), or None: then the group starts from step 0."""
+    runs = [str(d) for d in dirs]
+    for d in dirs:
+        info = _read_json(d / GROUP_FILE)
+        if not info or info.get("runs") != runs:
+            return None
+    try:
+        loaded = load_latest(dirs[0] / CHECKPOINTS)
+    except CheckpointError as err:
+        log.warning("fused group checkpoint unusable (%s): starting the group again", err)
+        return None
+    if loaded is None or loaded[0].get("config") != identities:
+        return None
+    return loaded[0]
+
+
 def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
     """Train the runs of ``cfgs`` (composed configs that differ only in
     :data:`warmup_lab.fused.PER_RUN_KEYS`) fused on one device and record run ``k`` in
@@ -122,18 +183,33 @@ def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
         torch.use_deterministic_algorithms(True)
     device = resolve_device(tr.device)
     seed_everything(int(cfgs[0].seed))
-    digests = [hashlib.sha256(run_config(cfg).encode()).hexdigest()[:16] for cfg in cfgs]
+    identities = [run_config(cfg) for cfg in cfgs]
+    digests = [hashlib.sha256(i.encode()).hexdigest()[:16] for i in identities]
     group = {"k": k, "runs": [str(d) for d in dirs]}
-    metas = []
-    for j, (cfg, d) in enumerate(zip(cfgs, dirs)):
+    for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
+    state = _group_checkpoint(dirs, identities)
+    resumed_from = int(state["step"]) if state is not None else None
+    prior_wall = float(state.get("wall_time_s", 0.0)) if state is not None else 0.0
+    ckpt_dir = dirs[0] / CHECKPOINTS
+    metas, sessions = [], []
+    for j, (cfg, d) in enumerate(zip(cfgs, dirs)):
+        old = (_read_json(d / "run_meta.json") or {}) if state is not None else {}
         meta = run_metadata(device, int(cfg.seed))
-        meta.update(config_digest=digests[j], status="running", resumed_from_step=None,
-                    first_start_time=meta["start_time"], fused={**group, "index": j})
+        meta.update(config_digest=digests[j], status="running", resumed_from_step=resumed_from,
+                    first_start_time=old.get("first_start_time", meta["start_time"]),
+                    fused={**group, "index": j})
         write_json(d / "run_meta.json", meta)
+        write_json(d / GROUP_FILE, {**group, "index": j, "checkpoints": str(ckpt_dir)})
         metas.append(meta)
+        sessions.append(list(old.get("sessions", [])))
     metrics = [{"status": "failed", "diverged_step": None} for _ in cfgs]
     started = time.perf_counter()
+
+    def checkpoint_fn(s: dict):
+        s.update(config=identities, wall_time_s=prior_wall + time.perf_counter() - started)
+        return save_checkpoint(ckpt_dir, s)
+
     writers: list[RunWriter] = []
     trainer = None
     stop = GracefulStop().__enter__()
@@ -145,7 +221,11 @@ def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
         mcfg = MetricsConfig.from_dict(
             OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None, tr.log_interval)
         trackers = [JitterTracker([], None, mcfg, steps, device=device) for _ in cfgs]
-        writers = [RunWriter(d, purge_step=0 if _has_events(d) else None) for d in dirs]
+        # a resumed group: readers drop the events from the checkpoint's step on; a group started
+        # again from step 0 in directories that hold events: all of them
+        purge = int(state["purge_step"]) if state is not None else 0
+        writers = [RunWriter(d, purge_step=purge if state is not None or _has_events(d) else None)
+                   for d in dirs]
         per_run_params = sum(p[0].numel() for p in model.parameters())
         for cfg, schedule, writer in zip(cfgs, schedules, writers):
             extra = {"resolved.total_steps": steps, "resolved.steps_per_epoch": samplers[0].steps_per_epoch,
@@ -159,8 +239,14 @@ def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
                                      channels_last=channels_last, step_fn=step_fn,
                                      update_ratio=mcfg.update_ratio,
                                      layer_interval=mcfg.layer_interval if mcfg.layers else None,
-                                     writers=writers, trackers=trackers)
+                                     checkpoint_interval=tr.get("checkpoint_interval"),
+                                     checkpoint_fn=checkpoint_fn, writers=writers, trackers=trackers)
         stop.attach(trainer)
+        if state is not None:
+            trainer.load_state_dict(state)
+            trainer.relog_val(purge)
+            log.info("fused group resumed from step %d (%s)", resumed_from, ckpt_dir)
+            state = None
         trainer.fit()
         chance = 1.0 / data.spec.num_classes
         for j, (cfg, schedule, result) in enumerate(zip(cfgs, schedules, trainer.results)):
@@ -174,7 +260,7 @@ def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
             m.update(trackers[j].summary(chance_acc=chance))
             m.update(total_steps=steps, warmup_steps=schedule.warmup_steps, peak_lr=float(cfg.optimizer.lr),
                      data=data.info, val_history=result.history["val"], config_digest=digests[j],
-                     resumed_from_step=None, fused={**group, "index": j})
+                     resumed_from_step=resumed_from, fused={**group, "index": j})
             if result.status == "interrupted":
                 m["interrupted_by"] = stop.signal_name
             else:
@@ -188,7 +274,7 @@ def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
         raise
     finally:
         stop.restore()
-        wall = time.perf_counter() - started
+        wall = prior_wall + time.perf_counter() - started
         end = now()
         for j, (m, d, meta) in enumerate(zip(metrics, dirs, metas)):
             # the group's device time, shared evenly: what one run cost (the group's in fused)
@@ -197,11 +283,11 @@ def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
             m["fused"]["group_wall_time_s"] = round(wall, 3)
             m["run_dir"] = str(d)
             write_json(d / "metrics.json", m)
-            sessions = [{"start_time": meta["start_time"], "end_time": end, "status": m["status"],
-                         "from_step": 0, "to_step": trainer.step if trainer else 0,
-                         "hostname": meta.get("hostname"), "device_name": meta.get("device_name")}]
+            sessions[j].append({"start_time": meta["start_time"], "end_time": end, "status": m["status"],
+                                "from_step": resumed_from or 0, "to_step": trainer.step if trainer else resumed_from,
+                                "hostname": meta.get("hostname"), "device_name": meta.get("device_name")})
             write_json(d / "run_meta.json", {**meta, "end_time": end, "status": m["status"],
-                                             "sessions": sessions})
+                                             "sessions": sessions[j]})
         for writer in writers:
             writer.close()
     return metrics

@@ -8,8 +8,9 @@ Every job gets Hydra's own job set-up (its directory, ``.hydra/``, the job log).
 be fused (another model, data or optimizer, an invalid config, a directory that holds a
 checkpoint of a run alone to continue) and groups of one run one after another through the task
 function, as with ``launcher=basic``. A fused group that raises is recorded as failed for each of
-its jobs and the sweep goes on. SIGTERM/SIGINT end the current group after its current step
-(running runs ``interrupted``, logs flushed) and stop the sweep, as the basic launcher does.
+its jobs and the sweep goes on. SIGTERM/SIGINT end the current group after its current step with
+a checkpoint (running runs ``interrupted``, logs flushed) and stop the sweep, as the basic
+launcher does; resumed (``trainer.resume=true``), the same group continues from it.
 See docs/sweeps.md.
 """
 
@@ -144,7 +145,6 @@ class FusedLauncher(Launcher):
         if stopped:
             name = stopped[0].get("interrupted_by") or "SIGTERM"
             print(f"interrupted by {name}: {len(stopped)} fused run(s) stopped at step "
-                  f"{stopped[0].get('steps')}; fused runs keep no checkpoint and start again when "
-                  f"the sweep is resumed (-m ... hydra.sweep.dir=<its dir> trainer.resume=true)",
-                  file=sys.stderr)
+                  f"{stopped[0].get('steps')} with a checkpoint; continue: the same command with "
+                  f"hydra.sweep.dir={self.config.hydra.sweep.dir} trainer.resume=true", file=sys.stderr)
             sys.exit(128 + signal.Signals[name].value)
