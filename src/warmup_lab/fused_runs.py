@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
-import os
 import time
 import traceback
 from pathlib import Path
@@ -37,8 +35,8 @@ from .checkpoint import CheckpointError, load_latest, run_config
 from .checkpoint import save as save_checkpoint
 from .fused import FusedTrainer, build_fused
 from .jitter import JitterTracker, MetricsConfig
-from .run import resolve_device, seed_everything
-from .runinfo import now, run_metadata, write_json
+from .run import seed_everything, setup_process
+from .runinfo import now, read_json, run_metadata, write_json
 from .signals import GracefulStop
 from .tb import RunWriter, flat_hparams
 from .trainer import TrainResult
@@ -141,19 +139,12 @@ def _has_events(run_dir: Path) -> bool:
     return any(run_dir.glob("events.out.tfevents.*"))
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _group_checkpoint(dirs: list[Path], identities: list[str]) -> dict | None:
     """The newest checkpoint of this exact group (same run dirs in the same order, same
     configs), or None: then the group starts from step 0."""
     runs = [str(d) for d in dirs]
     for d in dirs:
-        info = _read_json(d / GROUP_FILE)
+        info = read_json(d / GROUP_FILE)
         if not info or info.get("runs") != runs:
             return None
     try:
@@ -177,11 +168,7 @@ def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
     dirs = [Path(d) for d in run_dirs]
     k = len(cfgs)
     tr = cfgs[0].trainer
-    torch.set_num_threads(tr.threads or os.cpu_count() or 1)
-    if tr.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    device = resolve_device(tr.device)
+    device = setup_process(tr)
     seed_everything(int(cfgs[0].seed))
     identities = [run_config(cfg) for cfg in cfgs]
     digests = [hashlib.sha256(i.encode()).hexdigest()[:16] for i in identities]
@@ -194,7 +181,7 @@ def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
     ckpt_dir = dirs[0] / CHECKPOINTS
     metas, sessions = [], []
     for j, (cfg, d) in enumerate(zip(cfgs, dirs)):
-        old = (_read_json(d / "run_meta.json") or {}) if state is not None else {}
+        old = (read_json(d / "run_meta.json") or {}) if state is not None else {}
         meta = run_metadata(device, int(cfg.seed))
         meta.update(config_digest=digests[j], status="running", resumed_from_step=resumed_from,
                     first_start_time=old.get("first_start_time", meta["start_time"]),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random
@@ -20,7 +19,7 @@ from .checkpoint import FOLDER as CHECKPOINTS, CheckpointError, config_diff, loa
 from .checkpoint import save as save_checkpoint
 from . import fastpath
 from .optim import build_optimizer
-from .runinfo import now, run_metadata, write_json
+from .runinfo import now, read_json, run_metadata, write_json
 from .signals import GracefulStop
 from .sweeps import FINISHED
 from .tb import RunWriter, flat_hparams
@@ -38,6 +37,16 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(name)
+
+
+def setup_process(tr: DictConfig) -> torch.device:
+    """``trainer.threads`` (null: all cores), ``trainer.deterministic`` and ``trainer.device``
+    applied to this process; returns the device."""
+    torch.set_num_threads(tr.threads or os.cpu_count() or 1)
+    if tr.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    return resolve_device(tr.device)
 
 
 def seed_everything(seed: int) -> None:
@@ -67,7 +76,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     identity = run_config(cfg)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    done = _read_json(run_dir / "metrics.json")
+    done = read_json(run_dir / "metrics.json")
     if done and done.get("status") in FINISHED:
         if done.get("config_digest") not in (None, digest):
             raise CheckpointError(f"{run_dir} holds a finished run of a different config: start "
@@ -83,13 +92,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
             f"continue it with its own overrides, or start this config in a new directory")
     resumed_from = int(state["step"]) if state is not None else None
     prior_wall = float(state.get("wall_time_s", 0.0)) if state is not None else 0.0
-    old_meta = (_read_json(run_dir / "run_meta.json") or {}) if state is not None else {}
+    old_meta = (read_json(run_dir / "run_meta.json") or {}) if state is not None else {}
     tr = cfg.trainer
-    torch.set_num_threads(tr.threads or os.cpu_count() or 1)
-    if tr.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    device = resolve_device(tr.device)
+    device = setup_process(tr)
     seed_everything(cfg.seed)
     meta = run_metadata(device, cfg.seed)
     meta.update(config_digest=digest, status="running", resumed_from_step=resumed_from,
@@ -172,13 +177,6 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     return metrics
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def record_failure(run_dir: str | Path, err: BaseException) -> dict:
     """For a job of a sweep that failed before ``run`` could record it (a ``ConfigError``):
     ``error.txt`` with the traceback and ``metrics.json`` with ``status: failed``."""
@@ -186,7 +184,7 @@ def record_failure(run_dir: str | Path, err: BaseException) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "error.txt").write_text("".join(traceback.format_exception(type(err), err, err.__traceback__)))
     metrics = {"status": "failed", "error": f"{type(err).__name__}: {err}", "run_dir": str(run_dir)}
-    previous = _read_json(run_dir / "metrics.json")
+    previous = read_json(run_dir / "metrics.json")
     if previous and previous.get("status") in FINISHED:  # never overwrite a finished run's record
         return {**metrics, "status": previous["status"]}
     write_json(run_dir / "metrics.json", metrics)
