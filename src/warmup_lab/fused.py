@@ -468,6 +468,7 @@ class FusedTrainer:
         self.layer_interval = layer_interval  # per-layer stats every this many steps (None: off)
         self.layer_queue: list[tuple[int, dict[str, torch.Tensor]]] = []
         self.block_layer_stats: dict[int, dict[str, list[float]]] = {}  # of the last flush
+        self.extra: list[float] = []  # flush(extra=...) read back, flat
         self.buffer = torch.full((log_interval, 3, self.k), float("nan"), device=device)
         self.filled: list[int] = []
         self.step = 0
@@ -525,18 +526,30 @@ class FusedTrainer:
         self.filled.append(self.step)
         self.step += 1
 
-    def flush(self) -> list[list[int]]:
-        """Read the buffered block back (one transfer); returns, per run, the indices of the
-        block's rows that belong to it (a run's rows end at its first non-finite loss)."""
+    def flush(self, extra: torch.Tensor | None = None) -> list[list[int]]:
+        """Read the buffered block, the queued layer statistics and ``extra`` (a device tensor,
+        e.g. metrics computed on the block, left as ``self.extra`` in a flat list) back in one
+        transfer; returns, per run, the indices of the block's rows that belong to it (a run's
+        rows end at its first non-finite loss)."""
         if not self.filled:
             return [[] for _ in range(self.k)]
         n = len(self.filled)
-        self.rows = rows = self.buffer[:n].cpu().tolist()
-        self.buffer[:n] = float("nan")
         queue, self.layer_queue = self.layer_queue, []
-        values = iter(torch.stack([t.float() for _, d in queue for t in d.values()]).cpu().tolist()
-                      if queue else [])
-        self.block_layer_stats = {step: dict(zip(d, values)) for step, d in queue}  # tag -> K values
+        parts = [self.buffer[:n].flatten()] + [t.float().flatten() for _, d in queue for t in d.values()]
+        if extra is not None:
+            parts.append(extra.float().flatten())
+        host = torch.cat(parts).cpu().tolist()
+        self.buffer[:n] = float("nan")
+        width = 3 * self.k
+        self.rows = rows = [[host[i * width + j * self.k:i * width + (j + 1) * self.k] for j in range(3)]
+                            for i in range(n)]
+        pos = n * width
+        self.block_layer_stats = {}  # step -> tag -> K values
+        for step, d in queue:
+            self.block_layer_stats[step] = {tag: host[pos + j * self.k:pos + (j + 1) * self.k]
+                                            for j, tag in enumerate(d)}
+            pos += len(d) * self.k
+        self.extra = host[pos:]
         kept: list[list[int]] = [[] for _ in range(self.k)]
         for i, (step, (losses, norms, ratios)) in enumerate(zip(self.filled, rows)):
             for k in range(self.k):

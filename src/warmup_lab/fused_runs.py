@@ -63,11 +63,12 @@ class LoggedFusedTrainer(FusedTrainer):
         if not n:
             return super().flush()
         running = [k for k in range(self.k) if self.status[k] == "running"]
-        # jitter windows for the whole block on the device, one read-back for all running runs
+        # jitter windows for the whole block on the device, read back with the block
         jit = [self.trackers[k].block(self.buffer[:n, 0, k]) for k in running]
-        jit_host = (torch.stack([torch.stack([j[c] for c in JITTER_COLS]) for j in jit]).cpu().tolist()
-                    if jit else [])
-        kept = super().flush()
+        extra = torch.stack([torch.stack([j[c] for c in JITTER_COLS]) for j in jit]) if jit else None
+        kept = super().flush(extra)
+        c, flat = len(JITTER_COLS), self.extra  # (running, cols, n), flattened
+        jit_host = [[flat[(r * c + j) * n:(r * c + j + 1) * n] for j in range(c)] for r in range(len(running))]
         layer = self.block_layer_stats
         steps, rows = self.block_steps, self.rows
         for r, k in enumerate(running):
