@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_overhead import Setup, bare_loop, compose, harness_loop, sync  # noqa: E402
+from bench_overhead import Setup, bare_loop, compose, harness_loop, prepare, sync  # noqa: E402
 
 
 def write_random_cifar(root: Path, per_batch: int) -> Path:
@@ -76,11 +76,9 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     a = ap.parse_args()
-    device = torch.device(a.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench_fused: skipped: --device cuda but no CUDA device here")
+    device = prepare(a.device, a.threads, "bench_fused")
+    if device is None:
         return
-    torch.set_num_threads(a.threads or os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         if a.data == "cifar":
             root = write_random_cifar(Path(tmp) / "data", per_batch=max(a.batch * 2, 256))

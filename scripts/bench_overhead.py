@@ -74,48 +74,74 @@ class Setup:
         return model, opt
 
 
+def prepare(device_name: str, threads: int | None, script: str) -> torch.device | None:
+    """The benchmark's device with torch threads set (None: all cores); None, after saying so,
+    when it asks for CUDA and there is none."""
+    device = torch.device(device_name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"{script}: skipped: --device cuda but no CUDA device here")
+        return None
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    return device
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def bare_loop(s: Setup, final_eval: bool = True) -> tuple[float, float]:
-    """The minimal loop; returns (wall, process CPU) seconds for ``s.steps`` steps plus one
-    final evaluation."""
-    model, opt = s.fresh()
-    data, cfg, device = s.data, s.cfg, s.device
-    sampler = data.sampler(cfg.trainer.batch_size, cfg.seed)
-    base = [float(g["lr"]) for g in opt.param_groups]
-    lr_at = lambda step: s.schedule(step)  # noqa: E731  (the "python lambda" schedule)
-    for g, b in zip(opt.param_groups, base):
-        g["lr"] = b * lr_at(0)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.trainer.precision == "bf16"
-                else nullcontext())
-    sync(device)
-    t0, c0 = time.perf_counter(), time.process_time()
-    model.train()
-    for step in range(s.steps):
-        x, y = data.batch(sampler.next(), sampler.generator)
-        with autocast:
-            logits = model(x)
+class BareLoop:
+    """The minimal loop on a fresh copy of the model: forward, backward, ``step()``, and the lr
+    set by a Python lambda; one final evaluation."""
+
+    def __init__(self, s: Setup):
+        self.model, self.opt = s.fresh()
+        self.data, self.device = s.data, s.device
+        cfg = s.cfg
+        self.sampler = self.data.sampler(cfg.trainer.batch_size, cfg.seed)
+        self.base = [float(g["lr"]) for g in self.opt.param_groups]
+        self.lr_at = lambda step: s.schedule(step)  # the "python lambda" schedule
+        self.set_lr(0)
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+                         if cfg.trainer.precision == "bf16" else nullcontext())
+        self.model.train()
+
+    def set_lr(self, step: int) -> None:
+        for g, b in zip(self.opt.param_groups, self.base):
+            g["lr"] = b * self.lr_at(step)
+
+    def step(self, step: int) -> None:
+        x, y = self.data.batch(self.sampler.next(), self.sampler.generator)
+        with self.autocast:
+            logits = self.model(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        for g, b in zip(opt.param_groups, base):
-            g["lr"] = b * lr_at(step + 1)
-    if not final_eval:
-        sync(device)
-        return time.perf_counter() - t0, time.process_time() - c0
-    model.eval()
-    with torch.no_grad():
-        total = torch.zeros((), device=device)
-        for x, y in data.val_batches(512):
-            with autocast:
-                logits = model(x).float()
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
-        total.item()
-    sync(device)
+        self.opt.step()
+        self.set_lr(step + 1)
+
+    def evaluate(self) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            total = torch.zeros((), device=self.device)
+            for x, y in self.data.val_batches(512):
+                with self.autocast:
+                    logits = self.model(x).float()
+                total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
+            total.item()
+
+
+def bare_loop(s: Setup, final_eval: bool = True) -> tuple[float, float]:
+    """:class:`BareLoop` for ``s.steps`` steps plus (``final_eval``) one evaluation; returns
+    (wall, process CPU) seconds."""
+    loop = BareLoop(s)
+    sync(s.device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for step in range(s.steps):
+        loop.step(step)
+    if final_eval:
+        loop.evaluate()
+    sync(s.device)
     return time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -123,21 +149,7 @@ def harness_loop(s: Setup, tmp: Path, profile: cProfile.Profile | None = None,
                  final_eval: bool = True) -> tuple[float, float]:
     """``Trainer.fit`` with a real TensorBoard writer and every metric on; same step count and
     one final evaluation (eval_interval = steps)."""
-    from omegaconf import OmegaConf
-
-    from warmup_lab.tb import RunWriter
-    from warmup_lab.trainer import Trainer
-
-    model, opt = s.fresh()
-    tr = s.cfg.trainer
-    metrics = OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None
-    writer = RunWriter(Path(tempfile.mkdtemp(dir=tmp)))
-    kwargs = dict(total_steps=s.steps, batch_size=tr.batch_size, seed=s.cfg.seed, device=s.device,
-                  eval_interval=s.steps, log_interval=tr.log_interval, grad_clip=tr.grad_clip,
-                  precision=tr.precision, progress=False)
-    if metrics is not None:
-        kwargs["metrics"] = metrics
-    trainer = Trainer(model, opt, s.schedule, s.data, writer, **kwargs)
+    trainer = make_trainer(s, tmp)
     sync(s.device)
     t0, c0 = time.perf_counter(), time.process_time()
     if profile is not None:
@@ -153,7 +165,7 @@ def harness_loop(s: Setup, tmp: Path, profile: cProfile.Profile | None = None,
         profile.disable()
     sync(s.device)
     elapsed = time.perf_counter() - t0, time.process_time() - c0
-    writer.close()
+    trainer.writer.close()
     return elapsed
 
 
@@ -179,47 +191,23 @@ def interleaved(s: Setup, tmp: Path) -> tuple[float, float, float, float]:
     """Bare step, harness step, bare step, ... (the harness's flushes where ``fit`` does them),
     then each side's final evaluation. Returns (bare wall, bare cpu, harness wall, harness cpu)
     seconds: interleaving single steps cancels the drift of a shared machine's load."""
-    model, opt = s.fresh()
-    data, cfg, device = s.data, s.cfg, s.device
-    sampler = data.sampler(cfg.trainer.batch_size, cfg.seed)
-    base = [float(g["lr"]) for g in opt.param_groups]
-    lr_at = lambda step: s.schedule(step)  # noqa: E731  (the "python lambda" schedule)
-    for g, b in zip(opt.param_groups, base):
-        g["lr"] = b * lr_at(0)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.trainer.precision == "bf16"
-                else nullcontext())
+    bare = BareLoop(s)
     trainer = make_trainer(s, tmp)
     bw = bc = hw = hc = 0.0
-    model.train()
     for step in range(s.steps):
-        sync(device)
+        sync(s.device)
         t0, c0 = time.perf_counter(), time.process_time()
-        x, y = data.batch(sampler.next(), sampler.generator)
-        with autocast:
-            logits = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        for g, b in zip(opt.param_groups, base):
-            g["lr"] = b * lr_at(step + 1)
-        sync(device)
+        bare.step(step)
+        sync(s.device)
         t1, c1 = time.perf_counter(), time.process_time()
         trainer.train_step()
         if trainer.buffer.full or trainer.step == s.steps:
             trainer.flush()
-        sync(device)
+        sync(s.device)
         t2, c2 = time.perf_counter(), time.process_time()
         bw, bc, hw, hc = bw + t1 - t0, bc + c1 - c0, hw + t2 - t1, hc + c2 - c1
     t0, c0 = time.perf_counter(), time.process_time()
-    model.eval()
-    with torch.no_grad():
-        total = torch.zeros((), device=device)
-        for x, y in data.val_batches(512):
-            with autocast:
-                logits = model(x).float()
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
-        total.item()
+    bare.evaluate()
     t1, c1 = time.perf_counter(), time.process_time()
     trainer.evaluate()
     trainer.writer.flush()
@@ -241,11 +229,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="with --blocks: cProfile the harness blocks")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides (e.g. trainer.channels_last=true)")
     a = ap.parse_args()
-    device = torch.device(a.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench_overhead: skipped: --device cuda but no CUDA device here")
+    device = prepare(a.device, a.threads, "bench_overhead")
+    if device is None:
         return
-    torch.set_num_threads(a.threads or os.cpu_count() or 1)
     print(f"# harness overhead: Trainer (all metrics, TensorBoard) vs bare loop; device {device}, "
           f"threads {torch.get_num_threads()}, {a.steps} steps x {a.repeats} interleaved repeats, "
           f"load average at start {os.getloadavg()[0]:.2f}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,18 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def start_until(cmd: list[str], cwd: Path, root: Path, pattern: str,
+                timeout: float = 120) -> subprocess.Popen:
+    """Start ``cmd`` and return it, still running, once a file matches ``root.glob(pattern)``
+    (a checkpoint, say: the moment to send it a signal); fails if it ends or times out first."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not list(root.glob(pattern)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.01)
+    return proc
 
 
 def run_keeping_trainer(cfg, run_dir, monkeypatch):

@@ -8,11 +8,10 @@ import math
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import FAST, ROOT, compose_cfg, read_scalars, run_cli
+from conftest import FAST, ROOT, compose_cfg, read_scalars, run_cli, start_until
 from warmup_lab.analysis.arms import group_arms
 from warmup_lab.analysis.load import CURVE_TAGS, load_runs
 from warmup_lab.fused import fused_groups
@@ -166,11 +165,7 @@ def test_sigterm_to_a_fused_sweep_then_resume(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", "launcher=fused", "seed=0,1", *args,
            f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(sweep.glob("0/fused_checkpoints/step_*.pt")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.01)
+    proc = start_until(cmd, tmp_path, sweep, "0/fused_checkpoints/step_*.pt")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]

@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import CONF, ROOT, read_scalars
+from conftest import CONF, ROOT, read_scalars, start_until
 from warmup_lab import launch
 from warmup_lab.sweeps import format_summary, override_key, plan_resume, summarize
 
@@ -196,11 +195,7 @@ def test_two_job_sweep_through_submitit_local_with_a_preemption(tmp_path):
            "trainer.device=cpu", "model=transformer", "model.n_layers=1", "model.d_model=32",
            "model.n_heads=2", "trainer.max_steps=400", "trainer.checkpoint_interval=25",
            "trainer.eval_interval=200", "trainer.log_interval=10"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("1/checkpoints/step_*.pt")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.01)
+    proc = start_until(cmd, tmp_path, tmp_path, "1/checkpoints/step_*.pt")
     os.kill(json.loads((tmp_path / "1" / "run_meta.json").read_text())["pid"], signal.SIGUSR2)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]

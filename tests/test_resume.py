@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY_BYTES, TINY_TRANSFORMER, compose_cfg, read_scalars
+from conftest import ROOT, TINY_BYTES, TINY_TRANSFORMER, compose_cfg, read_scalars, start_until
 from warmup_lab import checkpoint
 from warmup_lab.checkpoint import CheckpointError
 from warmup_lab.run import run
@@ -194,11 +193,7 @@ def test_sigterm_to_the_cli_then_resume_with_the_flag(tmp_path):
             "trainer.device=cpu", "trainer.threads=1", "scheduler.warmup_ratio=null",
             "scheduler.warmup_steps=50", "model=transformer", *TINY_TRANSFORMER]
     cmd = [sys.executable, str(ROOT / "train.py"), f"paths.output_root={tmp_path}", *args]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("runs/*/*/checkpoints/step_*.pt")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.01)
+    proc = start_until(cmd, tmp_path, tmp_path, "runs/*/*/checkpoints/step_*.pt")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]

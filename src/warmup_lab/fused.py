@@ -192,7 +192,6 @@ class FusedOptimizer:
         self.grad = torch.zeros_like(self.flat)
         run = torch.empty(total, dtype=torch.long)
         decay = torch.empty(total, dtype=first.dtype)
-        self.grad_slices: list[torch.Tensor] = []   # [param][run] views, for per-run norms
         self.views = []                               # per parameter: flat buffer -> its shape
         off = 0
         with torch.no_grad():
@@ -211,10 +210,10 @@ class FusedOptimizer:
                 p.data = view(self.flat)
                 p.grad = view(self.grad)
                 self.views.append(view)
-                self.grad_slices.extend(view(self.grad).unbind(0))
                 run[off:off + n] = torch.arange(k).repeat_interleave(n // k)
                 decay[off:off + n] = float(decay_norm_and_bias or p.dim() - 1 >= 2)
                 off += n
+        self.grad_slices = self._slices(self.grad)   # [param][run] views, for per-run norms
         self.run = run.to(first.device)
         wd = torch.tensor([float(w) for w in weight_decay], dtype=first.dtype, device=first.device)
         self.has_decay = bool(any(weight_decay)) and bool(decay.any())
@@ -227,9 +226,9 @@ class FusedOptimizer:
         """``[param][run]`` views of a flat buffer laid out like the parameters."""
         return [t for view in self.views for t in view(buf).unbind(0)]
 
-    def _run_norms(self, slices: list[torch.Tensor]) -> torch.Tensor:
-        """Per-run L2 norm ``(K,)`` from :meth:`_slices` (norm of the per-tensor norms)."""
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(slices)).view(-1, self.k), dim=0)
+    def _tensor_norms(self, slices: list[torch.Tensor]) -> torch.Tensor:
+        """L2 norm of every ``[param][run]`` slice from :meth:`_slices`, as ``(P, K)``."""
+        return torch.stack(torch._foreach_norm(slices)).view(-1, self.k)
 
     @torch.no_grad()
     def snapshot(self) -> None:
@@ -243,9 +242,9 @@ class FusedOptimizer:
     def update_ratios(self) -> torch.Tensor:
         """Per-run ``||theta_{t+1} - theta_t|| / ||theta_t||`` ``(K,)`` since :meth:`snapshot`,
         the ``train/update_ratio`` of each run alone; no host sync."""
-        self._p_norms = torch.stack(torch._foreach_norm(self._prev_slices)).view(-1, self.k)
+        self._p_norms = self._tensor_norms(self._prev_slices)
         torch.sub(self.flat, self.prev, out=self.delta)
-        self._d_norms = torch.stack(torch._foreach_norm(self._delta_slices)).view(-1, self.k)
+        self._d_norms = self._tensor_norms(self._delta_slices)
         p_norms = torch.linalg.vector_norm(self._p_norms, dim=0)
         return torch.linalg.vector_norm(self._d_norms, dim=0) / p_norms.clamp(min=torch.finfo(p_norms.dtype).tiny)
 
@@ -299,7 +298,7 @@ class FusedOptimizer:
         """Per-run global L2 norm of the gradients, ``(K,)``, computed as
         ``torch.nn.utils.get_total_norm`` does (norm of the per-tensor norms); no host sync.
         The per-tensor norms ``(P, K)`` are kept for :meth:`layer_stats`."""
-        self._grad_norms = torch.stack(torch._foreach_norm(self.grad_slices)).view(-1, self.k)
+        self._grad_norms = self._tensor_norms(self.grad_slices)
         return torch.linalg.vector_norm(self._grad_norms, dim=0)
 
     def clip_(self, norms: torch.Tensor, max_norm: float) -> None:

@@ -116,7 +116,7 @@ class FusedLauncher(Launcher):
         for group in sorted(groups):
             if len(group) == 1:
                 i = group[0]
-                if i in alone and alone[i] != "its set-up failed":
+                if i in alone:
                     log.info(f"#{initial_job_idx + i} runs alone: {alone[i]}")
                 results[i] = self._run_job(sweep_cfgs[i], self.task_function)
                 continue
