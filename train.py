@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 import warmup_lab  # noqa: F401  (registers config resolvers)
 from warmup_lab.checkpoint import CheckpointError
@@ -24,6 +24,8 @@ def main(cfg: DictConfig) -> dict:
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:  # parallel jobs on one machine with several GPUs: one GPU each (launch.py)
         assign_gpu(hc.job.num, hc.runtime.choices.get("hydra/launcher"), cfg.trainer.device)
+        with open_dict(cfg):  # the sweep shows one progress line; no bar per run
+            cfg.trainer.progress = False
     elif cfg.trainer.resume:
         run_dir = resume_dir(cfg, hc, run_dir)
     try:
@@ -49,6 +51,8 @@ def main(cfg: DictConfig) -> dict:
             sys.exit(128 + signal.Signals[name].value)  # a basic sweep stops here
         return metrics  # a worker of a parallel launcher: recorded, the launcher decides
     acc = metrics.get("final_val_acc")
+    if multirun:  # the sweep prints one progress line and a summary, not one block per run
+        return metrics
     print(f"{metrics['status']}: {metrics['steps']} steps, val loss {metrics.get('final_val_loss')}"
           + (f", val acc {acc:.4f}" if acc is not None else "") + f"\nlogs: {run_dir}"
           + f"\nview: tensorboard --logdir {cfg.paths.output_root}")

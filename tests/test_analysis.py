@@ -187,11 +187,10 @@ def test_lr_stability_detects_a_wider_stable_range():
     assert res.parts[0].rule.startswith("interval within")
 
 
-def test_missing_arms_are_reported_not_guessed():
+def test_missing_arms_are_an_error_not_a_guess():
     runs = [r for r in factor_runs(np.random.default_rng(12), effect_a=0.2) if r.config["optimizer.name"] == "adamw"]
-    res = C.evaluate_claim("warmup_adam_vs_sgd", runs, n_boot=200)
-    assert res.verdict == C.INCONCLUSIVE and res.parts == []
-    assert any("lacks SGD" in n for n in res.notes)
+    with pytest.raises(C.ClaimError, match=r"arm sgd_none .* matches no run .*optimizer.name in this sweep: 'adamw'"):
+        C.evaluate_claim("warmup_adam_vs_sgd", runs, n_boot=200)
 
 
 @pytest.mark.parametrize("kind,lo,hi,est,verdict", [
@@ -260,6 +259,9 @@ def test_failure_rule():
     assert "diverged" in failure_reason(metrics_for(None, warmup_steps=0, lr=0.1, status="diverged"))
     assert "initial" in failure_reason(dict(ok, final_train_loss=2.5))
     assert "chance" in failure_reason(dict(ok, final_val_acc=0.12))
+    lm = dict(ok, final_val_acc=None, chance_acc=None, data={"unigram_entropy": 3.16})
+    assert failure_reason(dict(lm, final_val_loss=3.0)) is None
+    assert "unigram entropy 3.16" in failure_reason(dict(lm, final_val_loss=3.16))
 
 
 # -- files ------------------------------------------------------------------------------------------------

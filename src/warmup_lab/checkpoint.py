@@ -38,7 +38,7 @@ REQUIRED = ("format", "step", "purge_step", "model", "optimizer", "lr_adapter", 
 # (e.g. another thread count or launcher). Dotted paths into the composed config.
 VOLATILE_KEYS = ("trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
                  "trainer.checkpoint_interval", "trainer.compile", "trainer.compile_optimizer",
-                 "trainer.channels_last", "paths")
+                 "trainer.channels_last", "paths", "study")
 
 
 class CheckpointError(RuntimeError):

@@ -22,7 +22,9 @@ FINISHED = ("completed", "diverged")
 STATUSES = ("completed", "diverged", "failed", "interrupted", "unfinished")
 IGNORED_OVERRIDES = ("trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
                      "trainer.checkpoint_interval", "trainer.compile", "trainer.compile_optimizer",
-                     "trainer.channels_last", "launcher", "paths", "hydra")
+                     "trainer.channels_last", "launcher", "paths", "hydra", "study.claim",
+                     "study.max_seeds", "study.round_seeds", "study.budget_minutes", "study.alpha",
+                     "study.spending", "study.margin", "study.metric")
 
 
 def _parse(overrides):

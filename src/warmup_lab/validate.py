@@ -110,6 +110,18 @@ def validate(cfg: DictConfig) -> None:
     # known only once the data is loaded, so here a huge total checks everything else and run()
     # checks again with the real one.
     check_schedule(cfg, tr.max_steps if tr.max_steps is not None else UNKNOWN_TOTAL)
+    check_study_block(cfg.get("study"))
+
+
+def check_study_block(study) -> None:
+    """``study.claim`` (schema only: the runs it needs come later) and the sequential knobs."""
+    from .analysis.claimspec import ClaimError
+    from .study import check_study
+
+    try:
+        check_study(study)
+    except ClaimError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_schedule(cfg: DictConfig, total_steps: int):

@@ -5,6 +5,11 @@
   runs (completed, diverged) are skipped, others (interrupted, failed, killed) run again in
   their own directory and continue from their last checkpoint, new ones get new directories.
   Without the flag an existing sweep directory with jobs in it is refused, not overwritten.
+* **run until decided** (``study.max_seeds``, :mod:`warmup_lab.study`): the sweep's seed list
+  is the first round; after each round the claim is judged with a sequential design, and while a
+  primary part is undecided a round of unused seeds runs, until every part is decided, the seeds
+  reach ``study.max_seeds`` or the next round would pass ``study.budget_minutes``;
+* **progress**: one live line (runs done of planned, elapsed, ETA) for any launcher;
 * **failure isolation**: a job that fails is recorded (``status: failed`` and ``error.txt`` in
   its directory) and the sweep goes on; the end prints a summary (statuses overall and per arm)
   and writes ``sweep_status.json``. The exit code is 0 unless ``hydra.sweeper.fail_on_error=true``
@@ -13,8 +18,9 @@
 See docs/sweeps.md. The class must live under ``hydra_plugins`` for Hydra to load it.
 """
 
-import json
 import logging
+import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +33,10 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from warmup_lab.analysis.claimspec import ClaimError
+from warmup_lab.progress import SweepProgress
+from warmup_lab.runinfo import write_json
+from warmup_lab.study import Study
 from warmup_lab.sweeps import (IGNORED_OVERRIDES, format_summary, job_dirs, plan_resume, run_status,
                                summarize)
 
@@ -52,6 +62,7 @@ class ResumableSweeper(BasicSweeper):
                  fail_on_error: bool = False, ignore_overrides=IGNORED_OVERRIDES,
                  arm_ignore=("seed",)) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
+        self._job_idx = 0
         self.fail_on_error = bool(fail_on_error)
         self.ignore_overrides = tuple(ignore_overrides)
         self.arm_ignore = tuple(arm_ignore)
@@ -65,48 +76,74 @@ class ResumableSweeper(BasicSweeper):
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         resume = bool(OmegaConf.select(self.config, "trainer.resume", default=False))
+        study = Study.from_config(self.config, jobs)  # a bad claim or design: one line, exit 2
         earlier = job_dirs(sweep_dir)
         if earlier and not resume:
             raise HydraException(
                 f"{sweep_dir} already holds {len(earlier)} job directories: add trainer.resume=true "
                 f"to continue that sweep (finished runs are skipped, the others continue from their "
                 f"checkpoints), or choose another hydra.sweep.dir")
-        if resume and earlier:
-            plan = plan_resume(jobs, sweep_dir, self.ignore_overrides)
-        else:
-            plan = [{"overrides": list(j), "subdir": None, "action": "new", "status": None} for j in jobs]
-
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        records = [{"dir": str(sweep_dir / p["subdir"]), "overrides": p["overrides"],
-                    "status": p["status"], "action": "skip"} for p in plan if p["action"] == "skip"]
-        todo = [p for p in plan if p["action"] != "skip"]
-        if resume and earlier:
-            n_cont = sum(p["action"] == "continue" for p in todo)
-            print(f"resuming sweep {sweep_dir}: {len(records)} finished (skipped), {n_cont} to "
-                  f"continue, {len(todo) - n_cont} new", flush=True)
-        batch_jobs = [p["overrides"] + ([f"hydra.sweep.subdir={p['subdir']}"] if p["subdir"] else [])
-                      for p in todo]
 
+        records: List[dict] = []
         returns: List[List[JobReturn]] = []
-        job_idx = 0
-        for batch_plan, batch in zip(self._chunks(todo), self._chunks(batch_jobs)):
-            self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=job_idx)
-            job_idx += len(batch)
-            returns.append(list(results))
-            for p, r in zip(batch_plan, results):
-                records.append(self._record(p, r))
+        look, error = 0, None
+        while True:
+            round_jobs = jobs if look == 0 else study.round_jobs(look)
+            t0 = time.monotonic()
+            self._run_round(round_jobs, sweep_dir, resume or look > 0, records, returns,
+                            prefix=study.progress_prefix(look), total=study.max_jobs)
+            if not study.sequential:
+                break
+            try:
+                stop = study.after_round(look, time.monotonic() - t0, sweep_dir)
+            except ClaimError as err:
+                error = str(err)
+                break
+            if stop:
+                break
+            look += 1
 
         summary = summarize(records, self.ignore_overrides, self.arm_ignore)
         summary["sweep_dir"] = str(sweep_dir)
-        (sweep_dir / "sweep_status.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        write_json(sweep_dir / "sweep_status.json", summary)
         skipped = sum(r.get("action") == "skip" for r in records)
         for line in format_summary(summary, skipped):
             print(line, flush=True)
+        if error is not None:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            sys.exit(2)
         if summary["failed"] and self.fail_on_error:
             raise HydraException(f"{len(summary['failed'])} run(s) failed (hydra.sweeper.fail_on_error=true)")
         return returns
+
+    def _run_round(self, jobs: list, sweep_dir: Path, resume: bool, records: list, returns: list,
+                   prefix: str, total: Optional[int]) -> None:
+        """Launch one round's jobs (a fixed sweep is one round): finished ones are skipped on
+        resume, the rest run through the launcher under one live progress line."""
+        if resume and job_dirs(sweep_dir):
+            plan = plan_resume(jobs, sweep_dir, self.ignore_overrides)
+        else:
+            plan = [{"overrides": list(j), "subdir": None, "action": "new", "status": None} for j in jobs]
+        done = [{"dir": str(sweep_dir / p["subdir"]), "overrides": p["overrides"],
+                 "status": p["status"], "action": "skip"} for p in plan if p["action"] == "skip"]
+        records.extend(done)
+        todo = [p for p in plan if p["action"] != "skip"]
+        if resume and any(p["action"] != "new" for p in plan):
+            n_cont = sum(p["action"] == "continue" for p in todo)
+            print(f"resuming sweep {sweep_dir}: {len(done)} finished (skipped), {n_cont} to "
+                  f"continue, {len(todo) - n_cont} new", flush=True)
+        batch_jobs = [p["overrides"] + ([f"hydra.sweep.subdir={p['subdir']}"] if p["subdir"] else [])
+                      for p in todo]
+        with SweepProgress(sweep_dir, len(plan), len(done), prefix, total_planned=total):
+            for batch_plan, batch in zip(self._chunks(todo), self._chunks(batch_jobs)):
+                self.validate_batch_is_legal(batch)
+                results = self.launcher.launch(batch, initial_job_idx=self._job_idx)
+                self._job_idx += len(batch)
+                returns.append(list(results))
+                for p, r in zip(batch_plan, results):
+                    records.append(self._record(p, r))
 
     def _chunks(self, items: list) -> list[list]:
         n = self.max_batch_size or len(items) or 1
@@ -133,8 +170,7 @@ class ResumableSweeper(BasicSweeper):
                 d = Path(run_dir)
                 d.mkdir(parents=True, exist_ok=True)
                 (d / "error.txt").write_text(text)
-                (d / "metrics.json").write_text(json.dumps(
-                    {"status": "failed", "error": f"{type(err).__name__}: {err}", "run_dir": str(d)},
-                    indent=2) + "\n")
+                write_json(d / "metrics.json",
+                           {"status": "failed", "error": f"{type(err).__name__}: {err}", "run_dir": str(d)})
         return {"dir": str(run_dir), "overrides": list(plan["overrides"]), "status": status,
                 "action": plan["action"]}

@@ -1,12 +1,16 @@
 """From runs to evidence: load a sweep, group runs into arms, aggregate over seeds, judge claims.
 
 Modules: ``load`` (run directories: config, metrics.json, full-resolution scalars), ``arms``
-(grouping and per-arm aggregates), ``stats`` (t, bootstrap and Wilson intervals), ``claims``
-(claims, decision rules, verdicts), ``plots``, ``tblayout`` (TensorBoard custom scalars),
-``report`` (:func:`analyze`, which writes everything). CLI: ``scripts/analyze.py``.
+(grouping and per-arm aggregates), ``stats`` (t, bootstrap and Wilson intervals), ``claimspec``
+(a claim as YAML data: schema and validation), ``reducers`` (named per-arm statistics),
+``claims`` (judging a claim on runs: decision rules, verdicts), ``sequential`` (run until decided:
+alpha spending across rounds of seeds), ``power`` (seeds a part needs), ``plots``, ``tblayout``
+(TensorBoard custom scalars), ``report`` (:func:`analyze`, which writes everything). CLI:
+``scripts/analyze.py``.
 """
 
-from .claims import CLAIMS, evaluate_claim
+from .claims import evaluate_claim, named_claims
+from .claimspec import ClaimError, load_claim, parse_claim
 from .report import analyze
 
-__all__ = ["CLAIMS", "analyze", "evaluate_claim"]
+__all__ = ["ClaimError", "analyze", "evaluate_claim", "load_claim", "named_claims", "parse_claim"]

@@ -24,7 +24,9 @@ SEED_KEYS = ("seed", "trainer.seed")
 IGNORED_PREFIXES = ("paths.", "task_name", "trainer.progress", "trainer.threads", "trainer.device",
                     "trainer.checkpoint_interval", "trainer.resume",
                     "trainer.log_interval", "trainer.eval_interval", "trainer.metrics.", "study.claim",
-                    "study.margin", "study.metric", "data.root", "data.download")
+                    "study.margin", "study.metric", "study.max_seeds", "study.round_seeds",
+                    "study.budget_minutes", "study.alpha", "study.spending", "data.root",
+                    "data.download")
 CURVE_TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/update_ratio", "jitter/loss_std",
               "jitter/loss_abs_change", "jitter/spike_ratio", "val/loss")
 
@@ -37,6 +39,7 @@ class Run:
     metrics: dict
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     failed: bool = False
+    study: dict = field(default_factory=dict)   # the run's ``study`` block (claim mapping unflattened)
     failure: str | None = None
     arm: str = ""           # filled by arms.group_arms
     label: str = ""
@@ -72,17 +75,21 @@ def flatten(node, prefix: str = "", out: dict | None = None) -> dict:
     return out
 
 
-def read_config(run_dir: Path) -> tuple[dict, list[str]]:
+def read_config(run_dir: Path) -> tuple[dict, list[str], dict]:
+    """The flat config (``study.claim`` left out), the overrides and the ``study`` block."""
     cfg_path, ovr_path = run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "overrides.yaml"
     overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(ovr_path))] if ovr_path.is_file() else []
     if not cfg_path.is_file():
-        return {}, overrides
+        return {}, overrides, {}
     cfg = OmegaConf.load(cfg_path)
     try:
         node = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # an interpolation we cannot resolve here: keep the text
         node = OmegaConf.to_container(cfg, resolve=False)
-    return flatten(node), overrides
+    study = node.get("study") if isinstance(node.get("study"), dict) else {}
+    flat_node = {k: v for k, v in node.items() if k != "study"}
+    flat_node["study"] = {k: v for k, v in study.items() if k != "claim"}
+    return flatten(flat_node), overrides, study
 
 
 def read_scalars(run_dir: Path, tags: tuple[str, ...] | None = CURVE_TAGS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -108,7 +115,11 @@ def failure_reason(metrics: dict) -> str | None:
 
     Failed = diverged (non-finite loss), or did not finish, or final training loss >= the
     initial training loss, or (classification) final validation accuracy < 1.5 x chance
-    (Kalra & Barkeshli's rule, on validation rather than training accuracy)."""
+    (Kalra & Barkeshli's rule, on validation rather than training accuracy), or (language
+    models) final validation loss >= the unigram entropy of the training split
+    (``data.unigram_entropy`` in metrics.json, nats): a model that predicts token frequencies and
+    nothing else sits on that plateau, and every paper on warmup for Transformers counts it as a
+    failure to train."""
     status = metrics.get("status")
     if status == "diverged":
         return f"diverged at step {metrics.get('diverged_step')}"
@@ -120,6 +131,9 @@ def failure_reason(metrics: dict) -> str | None:
         return "non-finite validation loss"
     if final is not None and init is not None and final >= init:
         return f"final train loss {final:.4g} >= initial {init:.4g}"
+    unigram = (metrics.get("data") or {}).get("unigram_entropy")
+    if unigram is not None and val >= unigram:
+        return f"final val loss {val:.4g} >= unigram entropy {unigram:.4g} of the training data (byte frequencies only)"
     acc, chance = metrics.get("final_val_acc"), metrics.get("chance_acc")
     if acc is not None and chance and acc < 1.5 * chance:
         return f"val accuracy {acc:.3g} < 1.5 x chance ({chance:.3g})"
@@ -137,9 +151,9 @@ def _natural(p: Path):
 
 def load_run(run_dir: Path, curves: bool = True) -> Run:
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    config, overrides = read_config(run_dir)
+    config, overrides, study = read_config(run_dir)
     reason = failure_reason(metrics)
-    run = Run(run_dir, config, overrides, metrics, failed=reason is not None, failure=reason)
+    run = Run(run_dir, config, overrides, metrics, failed=reason is not None, failure=reason, study=study)
     if curves:
         run.curves = read_scalars(run_dir)
     return run

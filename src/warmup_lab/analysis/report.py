@@ -10,14 +10,18 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import plots
+from . import plots, sequential
 from .arms import Arm, absent_keys, group_arms, initial_loss, run_loss, run_settings
-from .claims import (CLAIMS, DEFAULT_METRIC, ClaimResult, _study, claims_in, evaluate_claim)
+from .claims import DEFAULT_METRIC, ClaimResult, claims_in, evaluate_claim, with_overrides
 from .claims import __doc__ as CLAIMS_DOC
+from .claimspec import load_claim
 from .load import Run, load_runs
+from .power import plan_part, plan_text
+from .sequential import Design
 from .tblayout import write_tensorboard
 
 RESULT_STATUSES = ("completed", "diverged")
+STUDY_FILE = "study.json"   # a sequential study's design and rounds, written by the sweeper
 RUN_FIELDS = ("status", "failed", "failure", "peak_lr", "warmup_steps", "total_steps", "steps",
               "diverged_step", "initial_train_loss", "final_train_loss", "final_val_loss", "best_val_loss",
               "final_val_acc", "train_loss_auc", "early_jitter", "early_mean_abs_change", "early_loss_std",
@@ -89,34 +93,54 @@ def _g(v, digits: int = 3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}g}"
 
 
-def _claim_md(res: ClaimResult) -> str:
+def _claim_md(res: ClaimResult, plans: list[dict] | None = None) -> str:
     h = res.headline
     out = [f"## Claim: {res.title}: **{res.verdict.upper()}**", "", f"> {res.statement}", ""]
     if h is not None:
         ci = h.effect.ci
-        out += [f"- **Headline effect** ({h.name}): {_g(ci.estimate, 4)}, 95% interval "
+        out += [f"- **Headline effect** ({h.name}): {_g(ci.estimate, 4)}, interval "
                 f"[{_g(ci.lo, 4)}, {_g(ci.hi, 4)}] (union of the t-interval and the paired-seed bootstrap, "
-                f"level {ci.level:.1%}), n = {ci.n} seeds."]
+                f"level {ci.level:.2%}), n = {ci.n} seeds."]
     out += [f"- **Metric**: {res.metric}.",
-            "- **Effects** are differences of that loss between arms paired by seed; each part's detail gives "
-            "the formula. Rule `greater`: the claim says the effect is > 0; `not_greater`: the claim says it is at "
-            "most the margin (no meaningful effect).", ""]
+            "- **Effects** are differences of that loss between arms paired by seed; the detail column gives "
+            "each part's formula over the arms. Rule `greater`: the claim says the effect is > 0; `not_greater`: "
+            "the claim says it is at most the margin (no meaningful effect).", ""]
+    d = res.design
+    if d:
+        out += [f"- **Sequential design**: {d['method']}; seeds {d['first']} first, then {d['round_seeds']} per round, "
+                f"at most {d['max_seeds']}" + (f", budget {d['budget_minutes']:g} min" if d.get("budget_minutes") else "")
+                + f". State: **{d['state']}**" + (f" ({d['stopped']})" if d.get("stopped") else "") + ".", ""]
+        ids = list(d["looks_taken"][0]["parts"]) if d["looks_taken"] else []
+        names = {p.id: p.name for p in res.parts}
+        rows = [[lk["look"], lk["n_seeds"], " ".join(map(str, lk["seeds"])), f"{lk['alpha']:.4g}",
+                 _g(lk.get("wall_s"), 3) if lk.get("wall_s") is not None else "",
+                 *[lk["parts"].get(i, "") for i in ids]] for lk in d["looks_taken"]]
+        out += ["**Rounds** (each look spends its alpha; a part's first decision is final)", "",
+                _md_table(["look", "seeds", "seed list", "alpha spent", "round wall (s)",
+                           *[names.get(i, i)[:60] for i in ids]], rows), ""]
     if res.parts:
         rows = []
         for p in res.parts:
             e = p.effect
-            rows.append([("" if p.primary else "(supplementary) ") + p.name, p.kind, _g(e.ci.estimate, 4),
+            tag = "(context) " if p.context else "" if p.primary else "(supplementary) "
+            rows.append([tag + p.name, p.kind, _g(e.ci.estimate, 4),
                          f"[{_g(e.t.lo, 3)}, {_g(e.t.hi, 3)}]", f"[{_g(e.boot.lo, 3)}, {_g(e.boot.hi, 3)}]",
-                         f"[{_g(e.ci.lo, 3)}, {_g(e.ci.hi, 3)}]", e.ci.n, f"**{p.verdict}**: {p.rule}",
-                         p.detail])
-        out += [_md_table(["part", "rule", "effect", "t-interval", "bootstrap", "used", "n", "verdict", "detail"],
-                          rows), ""]
+                         f"[{_g(e.ci.lo, 3)}, {_g(e.ci.hi, 3)}]", f"{e.ci.level:.2%}", e.ci.n,
+                         f"**{p.verdict}**: {p.rule}", p.detail])
+        out += [_md_table(["part", "rule", "effect", "t-interval", "bootstrap", "used", "level", "n", "verdict",
+                           "detail"], rows), ""]
         out += ["The claim's verdict combines its primary parts: contradicted if any is contradicted, "
-                "supported if all are supported, otherwise inconclusive.", ""]
+                "supported if all are supported, otherwise inconclusive; a context part that is not supported "
+                "caps a supported verdict at inconclusive.", ""]
     for note in res.notes:
         out.append(f"- Note: {note}")
     if res.notes:
         out.append("")
+    if plans:
+        need = [pl for pl in plans if pl["primary"] and pl["verdict"] == "inconclusive"]
+        if need:
+            out += ["**Seeds this needs** (paired t-test power 80% at the observed spread; `analyze.py --plan`):", ""]
+            out += [f"- {plan_text(pl)}" for pl in need] + [""]
     for title, header, rows in res.tables:
         out += [f"**{title}**", "", _md_table(header, rows), ""]
     return "\n".join(out)
@@ -134,10 +158,44 @@ def _arms_md(arms: list[Arm], summaries: list[dict]) -> str:
                       "early jitter", "early max spike", "steps to threshold", "train-loss AUC"], rows)
 
 
-def analyze(sweep_dirs, out: Path | None = None, claims: list[str] | None = None, metric: str | None = None,
-            margin: float | None = None, n_boot: int = 4000, tensorboard: bool = True) -> dict:
+def judge_claims(runs: list[Run], refs: list, design_state: dict | None, metric: str | None,
+                 margin: float | None, n_boot: int) -> list[ClaimResult]:
+    """Each claim judged on the runs: sequentially when the sweep ran a sequential design
+    (``study.json``), else once at the claim's level."""
+    results = []
+    for ref in refs:
+        spec = with_overrides(load_claim(ref, "claim"), margin, metric)
+        if design_state and design_state.get("design") and design_state.get("claim") == spec.name:
+            design = Design.from_dict(design_state["design"])
+            res = sequential.judge(spec, runs, design, design_state["first_seeds"], n_boot=n_boot)
+            walls = {r["look"]: r.get("wall_s") for r in design_state.get("rounds", [])}
+            for lk in res.design["looks_taken"]:
+                lk["wall_s"] = walls.get(lk["look"])
+            res.design["stopped"] = design_state.get("stopped")
+            extra = sorted({r.seed for r in runs} - {s for lk in res.design["looks_taken"] for s in lk["seeds"]})
+            if extra:
+                res.notes.append(f"seeds {' '.join(map(str, extra))} are outside the sequential design and not used")
+            results.append(res)
+        else:
+            results.append(evaluate_claim(spec, runs, n_boot=n_boot))
+    return results
+
+
+def read_study_state(sweep_dir: Path) -> dict | None:
+    path = Path(sweep_dir) / STUDY_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return None
+
+
+def analyze(sweep_dirs, out: Path | None = None, claims: list | None = None, metric: str | None = None,
+            margin: float | None = None, n_boot: int = 4000, tensorboard: bool = True,
+            plan: bool = False) -> dict:
     """Load, group, judge and write everything into ``out`` (default: the first sweep dir).
-    Returns a summary dict (also written as ``verdicts.json``)."""
+    ``claims``: claim mappings, YAML paths or preset names (default: the runs' ``study.claim``).
+    Returns a summary dict (also written as ``verdicts.json``). A claim that does not fit the
+    runs raises ``ClaimError`` (one line)."""
     sweep_dirs = [Path(d) for d in sweep_dirs]
     out = Path(out) if out is not None else sweep_dirs[0]
     out.mkdir(parents=True, exist_ok=True)
@@ -149,18 +207,16 @@ def analyze(sweep_dirs, out: Path | None = None, claims: list[str] | None = None
         raise SystemExit(f"no finished runs (metrics.json with status completed or diverged) under "
                          f"{', '.join(map(str, sweep_dirs))}" + (f"; {len(excluded)} runs excluded" if excluded else ""))
     arms = group_arms(runs)
-    metric = metric or _study(runs, "metric", DEFAULT_METRIC)
+    metric_used = metric or DEFAULT_METRIC
     l0 = initial_loss(runs)
-    summaries = [a.summary(l0, metric) for a in arms]
-    names = claims if claims is not None else claims_in(runs)
-    unknown = [c for c in names if c not in CLAIMS]
-    if unknown:
-        raise SystemExit(f"unknown claim(s) {', '.join(unknown)}: known {', '.join(CLAIMS)}")
-    results = [evaluate_claim(c, runs, margin=margin, metric=metric, n_boot=n_boot) for c in names]
+    summaries = [a.summary(l0, metric_used) for a in arms]
+    refs = claims if claims is not None else claims_in(runs)
+    results = judge_claims(runs, refs, read_study_state(sweep_dirs[0]), metric, margin, n_boot)
+    plans = {res.name: [plan_part(p) for p in res.parts] for res in results}
 
-    write_csv(out / "runs.csv", run_rows(runs, arms, out, l0, metric))
+    write_csv(out / "runs.csv", run_rows(runs, arms, out, l0, metric_used))
     write_csv(out / "arms.csv", summaries)
-    figs = plots.all_plots(arms, out, l0, metric)
+    figs = plots.all_plots(arms, out, l0, metric_used)
     if tensorboard:
         write_tensorboard(arms, out)
     setting = describe_setting(runs)
@@ -187,11 +243,12 @@ def analyze(sweep_dirs, out: Path | None = None, claims: list[str] | None = None
                                             f"{str(r.metrics.get('error', ''))[:80]})" for r in excluded[:10])
                + (" ..." if len(excluded) > 10 else ""), ""]
     if not results:
-        md += ["No claim named (`study.claim` in the preset, or `--claim NAME`): arms and plots only.", ""]
+        md += ["No claim named (`study.claim` in the preset, `--claim NAME` or `--claim-file PATH`): arms and "
+               "plots only.", ""]
     for res in results:
-        md += [_claim_md(res), ""]
+        md += [_claim_md(res, plans[res.name]), ""]
     md += ["## Arms", "",
-           f"Loss = `{metric}`, failed runs counted at L0 = {l0:.4g}; other columns over runs that trained. "
+           f"Loss = `{metric_used}`, failed runs counted at L0 = {l0:.4g}; other columns over runs that trained. "
            "Jitter columns: docs/metrics.md. Full numbers: [arms.csv](arms.csv), per run: [runs.csv](runs.csv).", "",
            _arms_md(arms, summaries), ""]
     md += ["## Plots", ""]
@@ -201,13 +258,17 @@ def analyze(sweep_dirs, out: Path | None = None, claims: list[str] | None = None
                 "lr_schedules": "The learning-rate schedules of the arms"}
     for k, p in figs.items():
         md += [f"**{captions[k]}**", "", f"![{k}]({p.name})", ""]
+    unigram = sorted({round(u, 4) for r in runs if (u := (r.metrics.get("data") or {}).get("unigram_entropy"))})
     md += ["## How to read this", "",
            "- **Intervals**: for each effect, a t-interval over the per-seed paired differences and a paired-seed "
            "percentile bootstrap (seeds resampled with replacement; any best-lr selection redone in every "
            "resample). With 3-5 seeds the bootstrap is too narrow, so verdicts use the union of the two.",
            "- **Failure rule**: a run failed to train if it diverged (non-finite loss; the trainer stops), or its "
            "final training loss is >= its first-step loss, or (classification) its final validation accuracy "
-           "is below 1.5x chance. Failed runs count at L0 in the loss; divergence is also reported separately.",
+           "is below 1.5x chance, or (language models) its final validation loss is at or above the unigram "
+           "entropy of its training data (it learned byte frequencies only"
+           + (f"; here {', '.join(f'{u:.4g}' for u in unigram)} nats" if unigram else "") + "). Failed runs count "
+           "at L0 in the loss; divergence is also reported separately.",
            "- **Decision rules**:", ""]
     rules = CLAIMS_DOC.split("Decision rules")[1].split("A claim's verdict")[0]
     md += ["  " + line.strip() for line in rules.strip().splitlines()[1:] if line.strip()]
@@ -217,9 +278,20 @@ def analyze(sweep_dirs, out: Path | None = None, claims: list[str] | None = None
     summary = {"sweep_dirs": [str(d) for d in sweep_dirs], "out": str(out), "setting": setting,
                "n_runs": len(runs), "n_excluded": len(excluded), "n_arms": len(arms), "seeds": sorted({r.seed for r in runs}),
                "run_time_s": wall, "claims": [r.as_dict() for r in results],
+               "plans": plans if plan else None,
                "files": ["report.md", "runs.csv", "arms.csv"] + [p.name for p in figs.values()]}
-    (out / "verdicts.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    write_json_atomic(out / "verdicts.json", summary)
     return summary
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write then rename, so a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _json_default(o):

@@ -49,4 +49,13 @@ def load_bytes(path: str | None = None, max_bytes: int = 2_000_000, val_fraction
     return InMemoryData(name=name, spec=DataSpec("lm", (context_length,), 256),
                         train_x=train, train_y=None, val_x=windows[:, :-1], val_y=windows[:, 1:],
                         info={"corpus_bytes": len(raw), "corpus_sha1": hashlib.sha1(raw).hexdigest()[:12],
-                              "source": str(path) if path else "python-stdlib"})
+                              "source": str(path) if path else "python-stdlib",
+                              "unigram_entropy": unigram_entropy(train)})
+
+
+def unigram_entropy(tokens: torch.Tensor, vocab: int = 256) -> float:
+    """Entropy in nats of the token frequencies of ``tokens``: the loss of a model that predicts
+    the frequencies and ignores the context (the unigram plateau; failure rule of docs/claims.md)."""
+    counts = torch.bincount(tokens.reshape(-1), minlength=vocab).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
