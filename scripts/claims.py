@@ -6,10 +6,13 @@
     python scripts/claims.py --scale gpu           # the *_gpu presets (CIFAR-10, more steps and seeds)
     python scripts/claims.py --analyze-only        # re-judge the existing sweeps
     python scripts/claims.py -- trainer.max_steps=20   # extra overrides for every preset
+    python scripts/claims.py -- study.max_seeds=12     # each preset runs until decided (docs/claims.md)
 
 For each preset: `train.py -m experiment=<name> hydra.sweep.dir=<out>/<name>` (a fresh directory
-unless --resume), then `scripts/analyze.py <out>/<name>`. Writes <out>/README.md: one row per
-claim with its setting, verdict, headline effect and interval, seeds, wall time and report link.
+unless --resume), then `scripts/analyze.py <out>/<name>`. Each sweep shows its own live progress
+line (runs done of planned, elapsed, ETA; the verdict per part between rounds of a sequential
+study). Writes <out>/README.md: one row per claim with its setting, verdict, headline effect and
+interval, seeds, wall time and report link.
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = ("warmup_adam_vs_sgd", "postln_needs_warmup", "radam_untuned_replaces_warmup", "warmup_fraction",
-           "warmup_lr_stability")
+from warmup_lab.analysis.claimspec import ClaimError, preset_names  # noqa: E402
+
+# every experiment preset that carries a claim, at CPU scale (the *_gpu variants via --scale gpu)
+PRESETS = tuple(n for n in preset_names() if not n.endswith("_gpu")) or (
+    "warmup_adam_vs_sgd", "postln_needs_warmup", "radam_untuned_replaces_warmup", "warmup_fraction",
+    "warmup_lr_stability")
 
 
 def train(name: str, sweep_dir: Path, extra: list[str], resume: bool) -> tuple[int, float]:
@@ -98,8 +105,9 @@ def main(argv=None) -> int:
     from warmup_lab.analysis import analyze
 
     times, status = {}, 0
-    for name in names:
+    for i, name in enumerate(names):
         sweep = args.out / name
+        print(f"[{i + 1}/{len(names)}] {name}", flush=True)
         if not args.analyze_only:
             preset = name + ("_gpu" if args.scale == "gpu" else "")
             rc, wall = train(preset, sweep, args.overrides, args.resume)
@@ -112,7 +120,12 @@ def main(argv=None) -> int:
         if not sweep.is_dir():
             print(f"{name}: no sweep directory {sweep}; skipped", flush=True)
             continue
-        summary = analyze([sweep])
+        try:
+            summary = analyze([sweep])
+        except ClaimError as err:
+            print(f"  {name}: error: {err}", flush=True)
+            status |= 2
+            continue
         for c in summary["claims"]:
             print(f"  {c['title']}: {c['verdict'].upper()}", flush=True)
     path = collect(args.out, list(PRESETS), args.scale, times)  # every preset with a sweep, not only these

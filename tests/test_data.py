@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import pytest
 import torch
 
@@ -85,3 +88,46 @@ def test_lm_windows_are_reproducible_per_seed():
     assert torch.equal(first, b.next()) and not torch.equal(first, c.next())
     x, y = data.batch(first)
     assert x.shape == y.shape == (4, 16)
+
+
+def test_unigram_entropy_is_the_entropy_of_the_training_bytes(tmp_path):
+    from collections import Counter
+
+    text = "aaaabbc" * 400 + "tail of the corpus for validation " * 20
+    path = tmp_path / "c.txt"
+    path.write_text(text, encoding="utf-8")
+    data = load_bytes(path=str(path), context_length=8, eval_sequences=4)
+    train = bytes(data.train_x.tolist())
+    counts = Counter(train)
+    h = -sum(c / len(train) * math.log(c / len(train)) for c in counts.values())
+    assert data.info["unigram_entropy"] == pytest.approx(h, rel=1e-12)
+
+
+def _lm_run(tmp_path, name: str, text: str):
+    from conftest import TINY_TRANSFORMER, compose_cfg
+    from warmup_lab.run import run
+
+    path = tmp_path / f"{name}.txt"
+    path.write_text(text, encoding="utf-8")
+    cfg = compose_cfg("model=transformer", "data=bytes", "optimizer=adamw", "optimizer.lr=0.003",
+                      *TINY_TRANSFORMER, f"data.path={path}", "data.context_length=16", "data.eval_sequences=64",
+                      "trainer.max_steps=80", "trainer.eval_interval=80", "trainer.log_interval=10")
+    return run(cfg, tmp_path / name)
+
+
+def test_a_language_model_that_only_learns_byte_frequencies_has_failed(tmp_path):
+    """On i.i.d. uniform bytes from {a, c, g, t}, nothing but the frequencies can be learned: the
+    validation loss cannot beat ln 4 >= the training split's unigram entropy, so the run counts
+    as failed. The same alphabet in a fixed order is learnable: far below it, trained."""
+    from warmup_lab.analysis.load import failure_reason
+
+    rng = random.Random(0)
+    iid = "".join(rng.choice("acgt") for _ in range(30_000))
+    m = _lm_run(tmp_path, "iid", iid)
+    h = m["data"]["unigram_entropy"]
+    assert h == pytest.approx(math.log(4), abs=0.01) and m["status"] == "completed"
+    assert m["final_val_loss"] >= h and m["final_val_loss"] < m["initial_train_loss"]  # it did learn something
+    assert "unigram entropy" in failure_reason(m)
+    ordered = _lm_run(tmp_path, "ordered", "acgt" * 7_500)
+    assert ordered["data"]["unigram_entropy"] == pytest.approx(h, abs=0.01)
+    assert ordered["final_val_loss"] < 0.5 * h and failure_reason(ordered) is None

@@ -55,7 +55,9 @@ def decide(kind: str, effect: Effect, margin: float) -> tuple[str, str]:
     """Verdict and the rule that produced it, for one effect."""
     ci = effect.ci
     if ci.n < 2 or not ci.defined:
-        return INCONCLUSIVE, f"fewer than 2 paired seeds (n={ci.n}): no interval"
+        vals = np.asarray(effect.per_seed, dtype=float)
+        n = int(np.isfinite(vals).sum()) if vals.size else ci.n
+        return INCONCLUSIVE, f"fewer than 2 paired seeds with a value (n={n}): no interval"
     lo, hi, est = ci.lo, ci.hi, ci.estimate
     if kind == "greater":
         if lo > 0 and est >= margin:

@@ -367,8 +367,12 @@ def load_claim(ref, where: str = "study.claim") -> ClaimSpec:
         if isinstance(node, dict) and "claim" in node and "arms" not in node:
             node = node["claim"]  # a file holding `claim: {...}`
         return parse_claim(node, str(path))
-    preset = conf_dir() / "experiment" / f"{text}.yaml"
-    node = ((_read_yaml(preset) or {}).get("study") or {}).get("claim") if preset.is_file() else None
+    node = None
+    for stem in dict.fromkeys((text, text.removesuffix("_gpu"))):  # a _gpu preset inherits its claim
+        preset = conf_dir() / "experiment" / f"{stem}.yaml"
+        node = ((_read_yaml(preset) or {}).get("study") or {}).get("claim") if preset.is_file() else None
+        if isinstance(node, dict):
+            break
     if not isinstance(node, dict):
         names = preset_names()
         close = difflib.get_close_matches(text, names, n=1)

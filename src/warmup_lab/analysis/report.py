@@ -117,7 +117,7 @@ def _claim_md(res: ClaimResult, plans: list[dict] | None = None) -> str:
                  *[lk["parts"].get(i, "") for i in ids]] for lk in d["looks_taken"]]
         out += ["**Rounds** (each look spends its alpha; a part's first decision is final)", "",
                 _md_table(["look", "seeds", "seed list", "alpha spent", "round wall (s)",
-                           *[names.get(i, i)[:60] for i in ids]], rows), ""]
+                           *[i if i != names.get(i) else i[:60] for i in ids]], rows), ""]
     if res.parts:
         rows = []
         for p in res.parts:
