@@ -13,7 +13,8 @@ import warmup_lab  # noqa: F401  (registers config resolvers)
 from warmup_lab.checkpoint import CheckpointError
 from warmup_lab.launch import assign_gpu
 from warmup_lab.run import record_failure, run
-from warmup_lab.sweeps import latest_run
+from warmup_lab.rundir import DiskFull, RunDirBusy
+from warmup_lab.sweeps import latest_run, request_stop, stop_requested
 from warmup_lab.validate import ConfigError
 
 
@@ -22,6 +23,8 @@ def main(cfg: DictConfig) -> dict:
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
     multirun = hc.mode == RunMode.MULTIRUN
+    if multirun and stop_requested(hc.sweep.dir):  # the sweep was stopped: do not start (resume runs it)
+        return {"status": "interrupted", "not_started": True, "run_dir": str(run_dir)}
     if multirun:  # parallel jobs on one machine with several GPUs: one GPU each (launch.py)
         assign_gpu(hc.job.num, hc.runtime.choices.get("hydra/launcher"), cfg.trainer.device)
         with open_dict(cfg):  # the sweep shows one progress line; no bar per run
@@ -30,6 +33,16 @@ def main(cfg: DictConfig) -> dict:
         run_dir = resume_dir(cfg, hc, run_dir)
     try:
         metrics = run(cfg, run_dir)
+    except RunDirBusy as err:  # another writer owns the directory: write nothing into it
+        print(f"error: {err}", file=sys.stderr)
+        if multirun:
+            return {"status": "failed", "error": str(err), "run_dir": str(run_dir)}
+        sys.exit(2)
+    except DiskFull as err:  # run() recorded status failed with the reason in metrics.json
+        print(f"error: {err.strerror}", file=sys.stderr)
+        if multirun:
+            return {"status": "failed", "error": err.strerror, "run_dir": str(run_dir)}
+        sys.exit(1)
     except (ConfigError, CheckpointError) as err:
         if multirun:  # one bad job does not stop the sweep (docs/sweeps.md)
             print(f"error: {err}", file=sys.stderr)
@@ -47,8 +60,10 @@ def main(cfg: DictConfig) -> dict:
         print(f"interrupted by {name} at step {metrics['steps']}; checkpoint in {run_dir}/checkpoints\n"
               f"continue: the same command with hydra.run.dir={run_dir} (or trainer.resume=true; a "
               f"sweep: -m ... hydra.sweep.dir=<its dir> trainer.resume=true)", file=sys.stderr)
-        if not multirun or hc.runtime.choices.get("hydra/launcher") == "basic":
-            sys.exit(128 + signal.Signals[name].value)  # a basic sweep stops here
+        if not multirun:
+            sys.exit(128 + signal.Signals[name].value)
+        if hc.runtime.choices.get("hydra/launcher") in ("basic", "fused"):  # the signal was for the sweep:
+            request_stop(hc.sweep.dir, name)  # the next jobs do not start; the sweeper exits 128 + signal
         return metrics  # a worker of a parallel launcher: recorded, the launcher decides
     acc = metrics.get("final_val_acc")
     if multirun:  # the sweep prints one progress line and a summary, not one block per run

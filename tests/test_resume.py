@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -82,7 +83,11 @@ def test_checkpoints_are_atomic_kept_two_and_load_with_weights_only(tmp_path):
     files = checkpoint.checkpoint_files(tmp_path / "checkpoints")
     assert [f.name for f in files] == ["step_000000012.pt", "step_000000008.pt"]
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
-    state = torch.load(files[0], map_location="cpu", weights_only=True)
+    raw = files[0].read_bytes()
+    assert raw.startswith(checkpoint.HEADER)  # the SHA-256 line, then torch.save's payload
+    payload = raw[raw.index(b"\n") + 1:]
+    state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    assert checkpoint.load(files[0])["step"] == 12 and state["format"] == checkpoint.FORMAT
     assert state["step"] == 12 and state["result"]["status"] == "completed"
     assert isinstance(state["rng"]["torch"], torch.Tensor) and state["rng"]["torch"].dtype == torch.uint8
     assert state["lr_adapter"] == {"step": 12} and "generator" in state["sampler"]

@@ -13,6 +13,8 @@ the RNG helpers and the run's identity (``run_config``), which a resumed run mus
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
@@ -27,7 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2            # 2: a header line with the SHA-256 of the torch.save payload that follows
+READS = (1, 2)
+HEADER = b"warmup-lab checkpoint sha256="
 KEEP = 2
 FOLDER = "checkpoints"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -120,10 +124,14 @@ def save(folder: str | Path, state: dict, keep: int = KEEP) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{int(state['step']):09d}.pt"
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buf)
+    payload = buf.getbuffer()
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            f.write(HEADER + hashlib.sha256(payload).hexdigest().encode() + b"\n")
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -144,15 +152,25 @@ def save(folder: str | Path, state: dict, keep: int = KEEP) -> Path:
 
 
 def load(path: str | Path) -> dict:
-    """Read one checkpoint safely (``weights_only``) on the CPU and check it is complete."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Read one checkpoint safely (``weights_only``) on the CPU and check it is complete and
+    that its bytes match the SHA-256 written with it (a flipped or zeroed byte anywhere, even
+    inside tensor data that would load, is caught). Files of format 1 (no checksum) still load."""
+    raw = Path(path).read_bytes()
+    if raw.startswith(HEADER):
+        end = raw.index(b"\n", len(HEADER))
+        want, payload = raw[len(HEADER):end].decode(), memoryview(raw)[end + 1:]
+        if hashlib.sha256(payload).hexdigest() != want:
+            raise CheckpointError(f"{path} fails its checksum (sha256): the file was damaged after it was written")
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    else:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a checkpoint dict")
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
-    if state["format"] != FORMAT:
-        raise CheckpointError(f"{path} has format {state['format']}, this code reads {FORMAT}")
+    if state["format"] not in READS:
+        raise CheckpointError(f"{path} has format {state['format']}, this code reads {', '.join(map(str, READS))}")
     return state
 
 

@@ -20,10 +20,12 @@ starts again from step 0 (all earlier events purged).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import math
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -36,6 +38,7 @@ from .checkpoint import save as save_checkpoint
 from .fused import FusedTrainer, build_fused
 from .jitter import JitterTracker, MetricsConfig
 from .run import seed_everything, setup_process
+from .rundir import RunDirLock, remove_orphan_temp_files, set_aside_dead_session
 from .runinfo import now, read_json, run_metadata, write_json
 from .signals import GracefulStop
 from .tb import RunWriter, flat_hparams
@@ -136,10 +139,6 @@ class LoggedFusedTrainer(FusedTrainer):
         return running
 
 
-def _has_events(run_dir: Path) -> bool:
-    return any(run_dir.glob("events.out.tfevents.*"))
-
-
 def _group_checkpoint(dirs: list[Path], identities: list[str]) -> dict | None:
     """The newest checkpoint of this exact group (same run dirs in the same order, same
     configs), or None: then the group starts from step 0."""
@@ -174,9 +173,21 @@ def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
     identities = [run_config(cfg) for cfg in cfgs]
     digests = [hashlib.sha256(i.encode()).hexdigest()[:16] for i in identities]
     group = {"k": k, "runs": [str(d) for d in dirs]}
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as locks:  # one writer per run directory, as for a run alone
+        for d in dirs:
+            locks.enter_context(RunDirLock(d))
+            remove_orphan_temp_files(d)
+        return _run_fused_locked(cfgs, dirs, k, tr, device, identities, digests, group)
+
+
+def _run_fused_locked(cfgs, dirs, k, tr, device, identities, digests, group) -> list[dict]:
     state = _group_checkpoint(dirs, identities)
+    if state is None:  # from step 0: earlier sessions' curves leave the directories
+        for d in dirs:
+            stale = set_aside_dead_session(d)
+            if stale is not None:
+                print(f"warning: restarting {d} from step 0 (no checkpoint of this group to continue from); "
+                      f"its earlier events are in {stale.relative_to(d)}/", file=sys.stderr, flush=True)
     resumed_from = int(state["step"]) if state is not None else None
     prior_wall = float(state.get("wall_time_s", 0.0)) if state is not None else 0.0
     ckpt_dir = dirs[0] / CHECKPOINTS
@@ -195,7 +206,8 @@ def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
     started = time.perf_counter()
 
     def checkpoint_fn(s: dict):
-        s.update(config=identities, wall_time_s=prior_wall + time.perf_counter() - started)
+        s.update(config=identities, wall_time_s=prior_wall + time.perf_counter() - started,
+                 threads=torch.get_num_threads())
         return save_checkpoint(ckpt_dir, s)
 
     writers: list[RunWriter] = []
@@ -212,8 +224,7 @@ def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
         # a resumed group: readers drop the events from the checkpoint's step on; a group started
         # again from step 0 in directories that hold events: all of them
         purge = int(state["purge_step"]) if state is not None else 0
-        writers = [RunWriter(d, purge_step=purge if state is not None or _has_events(d) else None)
-                   for d in dirs]
+        writers = [RunWriter(d, purge_step=purge if state is not None else None) for d in dirs]
         per_run_params = sum(p[0].numel() for p in model.parameters())
         for cfg, schedule, writer in zip(cfgs, schedules, writers):
             extra = {"resolved.total_steps": steps, "resolved.steps_per_epoch": samplers[0].steps_per_epoch,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import random
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -19,6 +21,8 @@ from .checkpoint import FOLDER as CHECKPOINTS, CheckpointError, config_diff, loa
 from .checkpoint import save as save_checkpoint
 from . import fastpath
 from .optim import build_optimizer
+from .rundir import (DiskFull, DiskReserve, RunDirLock, disk_full, disk_full_text, remove_orphan_temp_files,
+                     set_aside_dead_session)
 from .runinfo import now, read_json, run_metadata, write_json
 from .signals import GracefulStop
 from .sweeps import FINISHED
@@ -74,6 +78,12 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with RunDirLock(run_dir):  # one writer per run directory (RunDirBusy names the other one)
+        return _run_locked(cfg, run_dir)
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
+    remove_orphan_temp_files(run_dir)  # left by a writer that was killed mid-write
     identity = run_config(cfg)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     done = read_json(run_dir / "metrics.json")
@@ -92,14 +102,32 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
             f"continue it with its own overrides, or start this config in a new directory")
     resumed_from = int(state["step"]) if state is not None else None
     prior_wall = float(state.get("wall_time_s", 0.0)) if state is not None else 0.0
-    old_meta = (read_json(run_dir / "run_meta.json") or {}) if state is not None else {}
+    earlier_meta = read_json(run_dir / "run_meta.json") or {}
+    old_meta = earlier_meta if state is not None else {}
+    restart = None
+    if state is None:  # from step 0: an earlier session's curves must not stay in the directory
+        stale = set_aside_dead_session(run_dir)
+        if stale is not None:
+            ended = earlier_meta.get("status") or "unknown"
+            restart = {"time": now(), "moved_to": str(stale.relative_to(run_dir)),
+                       "reason": f"no checkpoint to continue from: the earlier session (status {ended}) ended "
+                                 f"before its first checkpoint, or its checkpoints were removed"}
+            print(f"warning: restarting {run_dir} from step 0: {restart['reason']}; its events and error.txt "
+                  f"are in {restart['moved_to']}/", file=sys.stderr, flush=True)
     tr = cfg.trainer
     device = setup_process(tr)
+    if state is not None and state.get("threads") not in (None, torch.get_num_threads()):
+        print(f"warning: resuming {run_dir} with trainer.threads={torch.get_num_threads()} where its checkpoint "
+              f"was written with {state['threads']}: CPU results from step {resumed_from} on are not bitwise "
+              f"identical to an uninterrupted run", file=sys.stderr, flush=True)
     seed_everything(cfg.seed)
     meta = run_metadata(device, cfg.seed)
     meta.update(config_digest=digest, status="running", resumed_from_step=resumed_from,
                 first_start_time=old_meta.get("first_start_time", old_meta.get("start_time", meta["start_time"])))
-    sessions = list(old_meta.get("sessions", []))
+    restarts = list(earlier_meta.get("restarts", [])) + ([restart] if restart else [])
+    if restarts:
+        meta["restarts"] = restarts
+    sessions = list(earlier_meta.get("sessions", []))
     write_json(run_dir / "run_meta.json", meta)
     metrics = {"status": "failed", "diverged_step": None}
     started = time.perf_counter()
@@ -107,8 +135,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     stop = GracefulStop().__enter__()  # SIGTERM/SIGINT: stop after the step (signals.py)
 
     def checkpoint_fn(state: dict):
-        state.update(config=identity, wall_time_s=prior_wall + time.perf_counter() - started)
+        state.update(config=identity, wall_time_s=prior_wall + time.perf_counter() - started,
+                     threads=torch.get_num_threads())
         return save_checkpoint(ckpt_dir, state)
+
+    reserve = DiskReserve(run_dir).__enter__()  # room to record a failure on a full disk
 
     try:
         data = instantiate(cfg.data).to(device)
@@ -156,11 +187,20 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         metrics.update(status="interrupted", interrupted_by="SIGINT")
         raise
     except Exception as err:
-        metrics["error"] = f"{type(err).__name__}: {err}"
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        full = disk_full(err)
+        if full:
+            reserve.free()
+            if writer is not None:
+                writer.abandon()  # its buffered events cannot be written either
+                writer = None
+        metrics["error"] = disk_full_text(run_dir) if full else f"{type(err).__name__}: {err}"
+        (run_dir / "error.txt").write_text((metrics["error"] + "\n\n" if full else "") + traceback.format_exc())
+        if full:
+            raise DiskFull(errno.ENOSPC, metrics["error"]) from None
         raise
     finally:
         stop.restore()
+        reserve.free()
         metrics["wall_time_s"] = round(prior_wall + time.perf_counter() - started, 3)
         metrics["run_dir"] = str(run_dir)
         write_json(run_dir / "metrics.json", metrics)

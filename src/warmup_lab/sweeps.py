@@ -13,6 +13,9 @@ Used by the resumable sweeper (``hydra_plugins/warmup_lab_sweeper``) and by ``tr
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -166,3 +169,126 @@ def format_summary(summary: dict, skipped: int = 0) -> list[str]:
     if summary["failed"]:
         lines.append("failed runs (traceback in error.txt): " + " ".join(summary["failed"]))
     return lines
+
+
+# -- stopping a sweep ---------------------------------------------------------------------------
+STOP_FILE = ".stop-requested"
+
+
+def stop_requested(sweep_dir) -> bool:
+    """True once the sweep's parent received SIGTERM/SIGINT: a job that has not started yet
+    returns at once (its directory then continues on resume)."""
+    return sweep_dir is not None and (Path(str(sweep_dir)) / STOP_FILE).exists()
+
+
+def request_stop(sweep_dir, signal_name: str) -> None:
+    """Ask the sweep to stop after the running job (a job of the sweep's own process was
+    interrupted by a signal meant for the whole sweep)."""
+    try:
+        (Path(str(sweep_dir)) / STOP_FILE).write_text(f"{signal_name} pid {os.getpid()}\n")
+    except OSError:
+        pass
+
+
+def _descendants(pid: int) -> list[int]:
+    """Processes below ``pid`` (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            ppid = int(text[text.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def job_workers() -> list[int]:
+    """This process's job worker processes: joblib/loky workers (not loky's resource tracker)."""
+    return [p for p in _descendants(os.getpid()) if "popen_loky" in _cmdline(p) or "LokyProcess" in _cmdline(p)]
+
+
+class SweepStop:
+    """SIGTERM/SIGINT to a sweep's parent: jobs that run finish their step, checkpoint and record
+    ``interrupted``; jobs that have not started do not start; the parent then writes the sweep
+    status, lets the worker processes end (no orphan keeps training) and exits 128 + signal.
+
+    SIGTERM is forwarded to the job workers (``kill PID`` reaches only the parent); SIGINT is
+    not, since Ctrl-C in a terminal already reached every process of the group, and a second
+    signal would stop a job at once, without its checkpoint."""
+
+    def __init__(self, sweep_dir):
+        self.sweep_dir = Path(str(sweep_dir))
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "SweepStop":
+        (self.sweep_dir / STOP_FILE).unlink(missing_ok=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except (ValueError, OSError):  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        first = self.signum is None
+        self.signum = self.signum or signum
+        if first:
+            try:
+                (self.sweep_dir / STOP_FILE).write_text(f"{name} pid {os.getpid()}\n")
+            except OSError:
+                pass
+            print(f"\nreceived {name}: stopping the sweep: running jobs checkpoint and record interrupted, queued "
+                  f"jobs do not start (send it again to stop the running jobs at once)", file=sys.stderr, flush=True)
+        if signum == signal.SIGTERM or not first:
+            for pid in job_workers():
+                try:
+                    os.kill(pid, signum)
+                except OSError:
+                    pass
+
+    @property
+    def stopped(self) -> int | None:
+        """The signal that stopped the sweep: received here, or by a job of this process."""
+        if self.signum is None and (self.sweep_dir / STOP_FILE).exists():
+            name = (self.sweep_dir / STOP_FILE).read_text().split()[:1]
+            self.signum = getattr(signal, name[0], signal.SIGTERM) if name else signal.SIGTERM
+        return self.signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, OSError, TypeError):
+                pass
+        self._previous = {}
+
+    def finish(self) -> None:
+        """After a stop: wait for the job workers to end, remove the marker."""
+        try:
+            from joblib.externals.loky import reusable_executor
+
+            if reusable_executor._executor is not None:  # the workers joblib keeps for reuse
+                reusable_executor._executor.shutdown(wait=True)
+        except Exception:  # noqa: BLE001 - no joblib here
+            pass
+        for pid in job_workers():
+            try:
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+        (self.sweep_dir / STOP_FILE).unlink(missing_ok=True)

@@ -122,3 +122,10 @@ class RunWriter:
 
     def close(self) -> None:
         self.writer.close()
+
+    def abandon(self) -> None:
+        """Stop the writer without flushing (the disk is full): its thread ends, nothing raises."""
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001 - the pending events are lost with the disk space
+            pass

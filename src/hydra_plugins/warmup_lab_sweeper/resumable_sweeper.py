@@ -19,6 +19,7 @@ See docs/sweeps.md. The class must live under ``hydra_plugins`` for Hydra to loa
 """
 
 import logging
+import signal
 import sys
 import time
 import traceback
@@ -37,8 +38,8 @@ from warmup_lab.analysis.claimspec import ClaimError
 from warmup_lab.progress import SweepProgress
 from warmup_lab.runinfo import write_json
 from warmup_lab.study import Study
-from warmup_lab.sweeps import (IGNORED_OVERRIDES, format_summary, job_dirs, plan_resume, run_status,
-                               summarize)
+from warmup_lab.sweeps import (IGNORED_OVERRIDES, SweepStop, format_summary, job_dirs, plan_resume,
+                               run_status, summarize)
 
 log = logging.getLogger(__name__)
 
@@ -89,21 +90,24 @@ class ResumableSweeper(BasicSweeper):
         records: List[dict] = []
         returns: List[List[JobReturn]] = []
         look, error = 0, None
-        while True:
-            round_jobs = jobs if look == 0 else study.round_jobs(look)
-            t0 = time.monotonic()
-            self._run_round(round_jobs, sweep_dir, resume or look > 0, records, returns,
-                            prefix=study.progress_prefix(look), total=study.max_jobs)
-            if not study.sequential:
-                break
-            try:
-                stop = study.after_round(look, time.monotonic() - t0, sweep_dir)
-            except ClaimError as err:
-                error = str(err)
-                break
-            if stop:
-                break
-            look += 1
+        with SweepStop(sweep_dir) as stopper:
+            while True:
+                round_jobs = jobs if look == 0 else study.round_jobs(look)
+                t0 = time.monotonic()
+                self._run_round(round_jobs, sweep_dir, resume or look > 0, records, returns,
+                                prefix=study.progress_prefix(look), total=study.max_jobs)
+                if not study.sequential or stopper.stopped is not None:
+                    break
+                try:
+                    stop = study.after_round(look, time.monotonic() - t0, sweep_dir)
+                except ClaimError as err:
+                    error = str(err)
+                    break
+                if stop:
+                    break
+                look += 1
+            if stopper.stopped is not None:
+                stopper.finish()
 
         summary = summarize(records, self.ignore_overrides, self.arm_ignore)
         summary["sweep_dir"] = str(sweep_dir)
@@ -111,9 +115,18 @@ class ResumableSweeper(BasicSweeper):
         skipped = sum(r.get("action") == "skip" for r in records)
         for line in format_summary(summary, skipped):
             print(line, flush=True)
+        if stopper.signum is not None:
+            name = signal.Signals(stopper.signum).name
+            print(f"sweep stopped by {name}; continue it with the same command plus trainer.resume=true "
+                  f"(hydra.sweep.dir={sweep_dir})", file=sys.stderr, flush=True)
+            sys.exit(128 + stopper.signum)
         if error is not None:
             print(f"error: {error}", file=sys.stderr, flush=True)
             sys.exit(2)
+        if records and all(r["status"] == "failed" for r in records):
+            print(f"error: every job of the sweep failed ({len(records)}): see error.txt in {sweep_dir}/*/",
+                  file=sys.stderr, flush=True)
+            sys.exit(1)
         if summary["failed"] and self.fail_on_error:
             raise HydraException(f"{len(summary['failed'])} run(s) failed (hydra.sweeper.fail_on_error=true)")
         return returns
