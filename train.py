@@ -11,6 +11,7 @@ from omegaconf import DictConfig, open_dict
 
 import warmup_lab  # noqa: F401  (registers config resolvers)
 from warmup_lab.checkpoint import CheckpointError
+from warmup_lab.cli import check_command_line
 from warmup_lab.launch import assign_gpu
 from warmup_lab.run import record_failure, run
 from warmup_lab.rundir import DiskFull, RunDirBusy
@@ -95,4 +96,9 @@ def resume_dir(cfg: DictConfig, hc, fresh_dir: str) -> str:
 
 
 if __name__ == "__main__":
+    try:  # a typo in an override: one line and exit 2, before Hydra composes anything
+        check_command_line(sys.argv[1:])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -231,7 +231,7 @@ def test_failing_job_is_isolated_and_a_partly_finished_sweep_resumes(tmp_path):
     for job, status in (("0", "completed"), ("1", "failed"), ("2", "completed"), ("3", "failed")):
         assert metrics(tmp_path / job)["status"] == status
     error = (tmp_path / "1" / "error.txt").read_text()
-    assert "Traceback" in error and "ValueError: trainer.batch_size=5000 is larger" in error
+    assert "Traceback" in error and "ConfigError: trainer.batch_size=5000 is invalid" in error
     status = json.loads((tmp_path / "sweep_status.json").read_text())
     assert status["arms"]["trainer.batch_size=5000"] == {"failed": 2}
 

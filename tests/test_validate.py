@@ -49,5 +49,5 @@ def test_cli_bad_input_exits_nonzero_with_one_line_and_builds_nothing(tmp_path):
     proc = run_cli("optimizer.lr=-1", f"paths.output_root={tmp_path}")
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines == ["error: optimizer.lr=-1 is invalid: must be a number > 0"]
+    assert lines == ["error: optimizer.lr=-1 is invalid: must be a finite number > 0"]
     assert not list(tmp_path.rglob("events.out.tfevents.*"))  # nothing trained or logged

@@ -1,6 +1,8 @@
 """Checks of a composed config that run before any data is loaded or model built.
 
 Each failure is a ``ConfigError`` whose message is one line naming the key and what is allowed.
+The trainer's and scheduler's values are checked here; every knob of the model, data and
+optimizer options, and the rules between keys, in ``schema`` (one table).
 """
 
 from __future__ import annotations
@@ -10,13 +12,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from .schema import ConfigError, check as check_schema
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
 UNKNOWN_TOTAL = 10**9  # stands for the total steps before the data is loaded
-
-
-class ConfigError(ValueError):
-    """A bad config value; the message is a single line naming the key."""
 
 
 def _is_int(v) -> bool:
@@ -72,15 +72,16 @@ def check_metrics(m) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` for the first bad value found."""
-    opt, tr, data = cfg.optimizer, cfg.trainer, cfg.data
+    opt, tr = cfg.optimizer, cfg.trainer
 
     lr = opt.get("lr")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ConfigError(f"optimizer.lr={lr} is invalid: must be a number > 0")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
+        raise ConfigError(f"optimizer.lr={lr} is invalid: must be a finite number > 0")
     from .optim import OPTIMIZERS
 
     if opt.get("name") not in OPTIMIZERS:
         raise ConfigError(f"optimizer.name={opt.get('name')} is invalid: allowed {', '.join(OPTIMIZERS)}")
+    check_schema(cfg)  # every knob of the model, data and optimizer options, and the rules between keys
 
     _positive_int(tr, "trainer.batch_size")
     _positive_int(tr, "trainer.eval_interval")
@@ -104,8 +105,6 @@ def validate(cfg: DictConfig) -> None:
     check_metrics(tr.get("metrics"))
     check_device(tr.device)
 
-    if data.get("path") is not None and not Path(str(data.path)).expanduser().is_file():
-        raise ConfigError(f"data.path={data.path} does not exist: give an existing UTF-8 text file")
     # The schedule checks its own knobs (warmup range and length, ...). With `epochs` the total is
     # known only once the data is loaded, so here a huge total checks everything else and run()
     # checks again with the real one.
