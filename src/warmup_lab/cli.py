@@ -13,6 +13,7 @@ under the config groups and the top level. Everything else is left to Hydra and 
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 
 import yaml
@@ -28,6 +29,7 @@ VALUE_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "
                "-p", "--info", "-i", "--experimental-rerun", "--shell-completion", "-sc")
 
 
+@functools.lru_cache(maxsize=None)
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
@@ -40,6 +42,7 @@ def _flat_keys(node, prefix: str, out: set) -> None:
             _flat_keys(v, key, out)
 
 
+@functools.lru_cache(maxsize=None)
 def group_keys(group: str) -> set[str]:
     """Every key (and key prefix) of every option of ``group``, as ``group.a.b``."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -52,6 +55,7 @@ def group_keys(group: str) -> set[str]:
     return keys
 
 
+@functools.lru_cache(maxsize=None)
 def option_keys(group: str, option: str) -> set[str] | None:
     path = CONF / group / f"{option}.yaml"
     if not path.is_file():
@@ -65,6 +69,7 @@ def option_keys(group: str, option: str) -> set[str] | None:
     return keys
 
 
+@functools.lru_cache(maxsize=None)
 def _defaults_choice(path: Path, group: str) -> str | None:
     """The option of ``group`` that a config file's defaults list selects, if it does."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -96,6 +101,7 @@ def selected_options(group: str, parsed) -> list[str] | None:
     return [choice] if choice else None
 
 
+@functools.lru_cache(maxsize=None)
 def top_keys() -> set[str]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     node = yaml.load((CONF / "train.yaml").read_text(), Loader=loader) or {}
