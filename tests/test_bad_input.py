@@ -75,6 +75,9 @@ BAD = [
     # trainer and scheduler knobs (checked before too)
     (["trainer.batch_size=0"], "trainer.batch_size=0", ">= 1"),
     (["trainer.precision=fp8"], "trainer.precision=fp8", "fp32, bf16"),
+    (["trainer.progress=maybe"], "trainer.progress=maybe", "true or false"),
+    (["trainer.compile=fast"], "trainer.compile=fast", "reduce-overhead"),
+    (["trainer.threads=0"], "trainer.threads=0", ">= 1"),
     (["scheduler.warmup_ratio=1.5", "scheduler.warmup_steps=null"], "scheduler.warmup_ratio=1.5", "[0.0, 1.0)"),
     (["+trainer.metrics.windw=3"], "+trainer.metrics.windw", "nothing would read it"),
     (["study.max_seeds=1", "study.claim=warmup_fraction"], "study.max_seeds=1", ">= 2"),

@@ -231,3 +231,26 @@ def test_a_full_disk_gives_one_line_a_valid_failed_record_and_no_temp_files(smal
     assert not list(run_dir.glob("checkpoints/.tmp-*")) and not list(run_dir.glob(".*.tmp"))
     assert not (run_dir / ".disk-reserve").exists()
     assert (run_dir / "error.txt").read_text().startswith("disk full")
+
+
+@pytest.mark.slow
+def test_a_job_that_raises_at_run_time_is_recorded_failed_and_the_sweep_goes_on(tmp_path):
+    """A CIFAR folder whose first batch is a truncated pickle passes every check (its files
+    exist) and fails while loading: that job gets status failed with the traceback in
+    error.txt, the other one completes, and the sweep exits 0."""
+    from conftest import write_tiny_cifar
+
+    good, bad = write_tiny_cifar(tmp_path / "good"), write_tiny_cifar(tmp_path / "bad")
+    batch = bad / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(batch.read_bytes()[:100])
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(cli("-m", "data=cifar10", f"data.root={good},{bad}", "data.augment=false",
+                              "trainer.max_steps=2", "trainer.eval_interval=2", "trainer.batch_size=8",
+                              "model.width=4", "model.depth=8", f"hydra.sweep.dir={sweep}", "trainer.device=cpu",
+                              "trainer.checkpoint_interval=null"), cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep: 2 runs: 1 completed, 1 failed" in proc.stdout
+    failed = json.loads((sweep / "1" / "metrics.json").read_text())
+    assert failed["status"] == "failed" and "UnpicklingError" in failed["error"]
+    assert "Traceback" in (sweep / "1" / "error.txt").read_text()

@@ -169,10 +169,18 @@ def check_group(group: str, node) -> None:
             raise ConfigError(f"{group}.{key}={fmt(value)} is invalid: must be {knob.allowed()}")
 
 
+# trainer knobs whose type this table checks (ranges and the rest: validate.py, fastpath.compile_mode)
+TRAINER_TYPES = {"channels_last": BOOL, "compile_optimizer": BOOL, "deterministic": BOOL, "progress": BOOL,
+                 "resume": BOOL, "seed": I(), "device": STR}
+
+
 def check_trainer_keys(node) -> None:
     for key in node:
         if key not in TRAINER_KEYS:
             raise _unknown_key(f"trainer.{key}", TRAINER_KEYS, "trainer")
+        knob = TRAINER_TYPES.get(key)
+        if knob is not None and not knob.ok(node[key]):
+            raise ConfigError(f"trainer.{key}={fmt(node[key])} is invalid: must be {knob.allowed()}")
     for key in node.get("metrics") or {}:
         if key not in METRICS_KEYS:
             raise _unknown_key(f"trainer.metrics.{key}", METRICS_KEYS, "trainer.metrics")

@@ -103,6 +103,9 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(tr.get("resume", False), bool):
         raise ConfigError(f"trainer.resume={tr.get('resume')} is invalid: must be true or false")
     check_metrics(tr.get("metrics"))
+    from .fastpath import compile_mode
+
+    compile_mode(tr.get("compile"))
     check_device(tr.device)
 
     # The schedule checks its own knobs (warmup range and length, ...). With `epochs` the total is
