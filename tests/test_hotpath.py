@@ -68,6 +68,10 @@ LOOPS = {
     "rmsprop_no_layers": ["optimizer=rmsprop", "trainer.metrics.layers=false"],
     "transformer": ["model=transformer", "data=bytes", *TINY_TRANSFORMER, *TINY_BYTES,
                     "optimizer=adamw"],
+    # the sharpness probe (plain and preconditioned) at steps inside the window
+    "curvature_adamw": ["optimizer=adamw", "trainer.metrics.curvature_interval=3", "trainer.metrics.curvature_batch=8"],
+    "curvature_sgd_transformer": ["model=transformer", "data=bytes", *TINY_TRANSFORMER, *TINY_BYTES,
+                                  "trainer.metrics.curvature_interval=2", "trainer.metrics.curvature_batch=4"],
 }
 
 
@@ -76,7 +80,7 @@ def test_steps_between_flushes_read_nothing_from_the_device(tmp_path, monkeypatc
     log_interval = 8
     cfg = compose_cfg("trainer.max_steps=40", f"trainer.log_interval={log_interval}",
                       "trainer.eval_interval=40", f"trainer.metrics.layer_interval={log_interval}",
-                      *([] if loop == "transformer" else ["model.width=8"]), *LOOPS[loop])
+                      *([] if "transformer" in loop else ["model.width=8"]), *LOOPS[loop])
     trainer = build_trainer(cfg, tmp_path / "run")
     for _ in range(2 * log_interval):  # optimizer state exists, two flushes done
         trainer.train_step()

@@ -406,6 +406,8 @@ def fusable(cfg: DictConfig) -> str | None:
         return f"optimizer {cfg.optimizer.get('name')} is not one of {', '.join(FUSED_OPTIMIZERS)}"
     if cfg.optimizer.get("amsgrad"):
         return "amsgrad"
+    if (cfg.trainer.get("metrics") or {}).get("curvature_interval"):
+        return "the curvature probe runs in the trainer of a run alone"
     return None
 
 

@@ -210,10 +210,13 @@ class MetricsConfig:
     layer_interval: int | None = None
     update_ratio: bool = True
     layers: bool = True
+    curvature_interval: int | None = None   # steps between sharpness estimates (curvature.py); None = off
+    curvature_iters: int = 6                # Hessian-vector products per estimate (warm-started)
+    curvature_batch: int | None = 32        # probe batch size; None = the training batch size
 
     @classmethod
     def from_dict(cls, d: dict | None, log_interval: int) -> "MetricsConfig":
-        cfg = cls(**{k: v for k, v in (d or {}).items() if v is not None or k == "loss_threshold"})
+        cfg = cls(**{k: v for k, v in (d or {}).items() if v is not None or k in ("loss_threshold", "curvature_batch")})
         if cfg.layer_interval is None:
             cfg.layer_interval = 10 * log_interval
         return cfg

@@ -141,7 +141,7 @@ TRAINER_KEYS = ("device", "max_steps", "epochs", "batch_size", "eval_interval", 
                 "precision", "channels_last", "compile", "compile_optimizer", "seed", "deterministic", "threads",
                 "progress", "checkpoint_interval", "resume", "metrics")
 METRICS_KEYS = ("jitter_window", "spike_threshold", "loss_threshold", "early_fraction", "layer_interval",
-                "update_ratio", "layers")
+                "update_ratio", "layers", "curvature_interval", "curvature_iters", "curvature_batch")
 TOP_KEYS = ("seed", "task_name", "paths", "study", "model", "data", "optimizer", "scheduler", "trainer", "hydra")
 IMAGE_DATA = {"warmup_lab.data.load_digits": ("digits", 1, 8, 1797), "warmup_lab.data.load_cifar10": ("cifar10", 3, 32, 50000)}
 DIGITS_PER_CLASS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)

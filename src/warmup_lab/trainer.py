@@ -75,6 +75,15 @@ class Trainer:
                                      total_steps)
         self.buffer = StepBuffer(("loss", "grad_norm", "update_ratio", "loss_std", "loss_abs_change",
                                   "spike_ratio", "spike_count"), log_interval, device)
+        mcfg = self.tracker.cfg
+        self.curvature = None  # sharpness every curvature_interval steps (curvature.py)
+        self.curvature_rows: list[tuple[int, dict]] = []
+        if mcfg.curvature_interval:
+            from .curvature import CurvatureProbe
+
+            self.curvature = CurvatureProbe(model, optimizer, type(optimizer).__name__.lower(), data, loss_fn,
+                                            seed=seed, interval=mcfg.curvature_interval, iters=mcfg.curvature_iters,
+                                            batch_size=mcfg.curvature_batch or batch_size, device=device)
         self.lrs: list[list[float]] = []
         self.step = 0
         self.stop_requested = False
@@ -88,6 +97,8 @@ class Trainer:
     def train_step(self) -> None:
         if not self.model.training:  # only evaluate() switches it off; train() walks every module
             self.model.train()
+        if self.curvature is not None and self.curvature.due(self.step):  # at the parameters of this step
+            self.curvature.measure(self.step, self.lr_adapter.get_last_lr()[0])
         x, y = self.data.batch(self.sampler.next(), self.sampler.generator)
         with self.autocast:
             loss = loss_fn(self.model(x), y)
@@ -134,6 +145,11 @@ class Trainer:
                 done = i + 1
                 break
             self.result.last_train_loss = loss
+        if self.curvature is not None:
+            for step, row in self.curvature.drain():
+                if self.result.status != "diverged" or step <= self.result.diverged_step:
+                    self.writer.scalars(row, step)
+                    self.curvature_rows.append((step, row))
         self.tracker.record({k: v[:done] for k, v in cols.items()})
         finite = [v for v in cols["loss"] if math.isfinite(v)]
         if finite:
@@ -145,7 +161,13 @@ class Trainer:
     def stability_summary(self) -> dict:
         """Run-level jitter numbers for ``metrics.json`` (docs/metrics.md)."""
         spec = self.data.spec
-        return self.tracker.summary(chance_acc=None if spec.is_lm else 1.0 / spec.num_classes)
+        out = self.tracker.summary(chance_acc=None if spec.is_lm else 1.0 / spec.num_classes)
+        if self.curvature is not None:
+            from .curvature import summary
+
+            early = math.ceil(self.tracker.cfg.early_fraction * self.total_steps)
+            out.update(summary(self.curvature_rows, early, getattr(self.schedule, "warmup_steps", 0) or 0))
+        return out
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -244,7 +266,9 @@ class Trainer:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "lr_adapter": self.lr_adapter.state_dict(), "sampler": self.sampler.state_dict(),
                 "buffer": buffer, "lrs": [list(lr) for lr in self.lrs], "tracker": self.tracker.state_dict(),
-                "result": dataclasses.asdict(self.result), "rng": rng_state()}
+                "result": dataclasses.asdict(self.result), "rng": rng_state(),
+                **({"curvature": {**self.curvature.state_dict(), "rows": [[s, r] for s, r in self.curvature_rows]}}
+                   if self.curvature is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state`` (:meth:`state_dict`); the global RNGs are restored last."""
@@ -256,6 +280,9 @@ class Trainer:
         self.lrs = [list(lr) for lr in state["lrs"]]
         self.tracker.load_state_dict(state["tracker"])
         self.step = int(state["step"])
+        if self.curvature is not None and "curvature" in state:
+            self.curvature.load_state_dict(state["curvature"])
+            self.curvature_rows = [(int(s), dict(r)) for s, r in state["curvature"]["rows"]]
         self.result = TrainResult(**state["result"])
         if self.result.status == "interrupted":
             self.result.status = "running"

@@ -68,6 +68,11 @@ def check_metrics(m) -> None:
     for key in ("update_ratio", "layers"):
         if not isinstance(m.get(key, True), bool):
             raise ConfigError(f"trainer.metrics.{key}={m.get(key)} is invalid: must be true or false")
+    for key in ("curvature_interval", "curvature_batch"):
+        if m.get(key) is not None:
+            _positive_int(m, f"trainer.metrics.{key}")
+    if m.get("curvature_iters") is not None:
+        _positive_int(m, "trainer.metrics.curvature_iters")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -105,7 +110,9 @@ def validate(cfg: DictConfig) -> None:
     check_metrics(tr.get("metrics"))
     from .fastpath import compile_mode
 
-    compile_mode(tr.get("compile"))
+    if compile_mode(tr.get("compile")) and (tr.get("metrics") or {}).get("curvature_interval"):
+        raise ConfigError("trainer.metrics.curvature_interval needs trainer.compile=false: the probe's "
+                          "Hessian-vector products run the model eagerly")
     check_device(tr.device)
 
     # The schedule checks its own knobs (warmup range and length, ...). With `epochs` the total is
