@@ -11,7 +11,8 @@ Definitions (docs/metrics.md, "Curvature"):
 * ``sharpness`` = ``lambda_max(H)``, the top eigenvalue of the Hessian of the mean training loss
   on a fixed **probe batch** (drawn once from the training split by the run's seed, without
   augmentation), estimated by ``iters`` Hessian-vector products of power iteration,
-  warm-started from the previous estimate's vector (:func:`top_eigenvalue`: the first half finds
+  warm-started from the previous estimate's vector (the first estimate, from a random vector,
+  takes ``COLD_START`` times as many) (:func:`top_eigenvalue`: the first half finds
   the eigenvalue of largest magnitude; if it is negative, as at initialisation of BN nets, the
   second half iterates on the spectrum shifted above 0, so the result is the top one).
 * ``precond_sharpness`` (Adam, AdamW, RAdam) = the same for ``P^{-1/2} H P^{-1/2}``, which has
@@ -44,6 +45,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 PROBE_SEED_OFFSET = 7_919  # the probe batch's generator: seed + this (not the sampler's stream)
+COLD_START = 5             # the first estimate starts from a random vector: 5 x the iterations
 ADAM_FAMILY = ("adam", "adamw", "radam")
 
 
@@ -125,6 +127,7 @@ class CurvatureProbe:
         start = [torch.randn(p.shape, generator=gen).to(device=p.device, dtype=torch.float32) for p in self.params]
         self.v = _normalise(start)
         self.u = [x.clone() for x in self.v] if self.precond else None
+        self.cold = self.u_cold = True  # no warm start yet
         self.pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
 
     def due(self, step: int) -> bool:
@@ -153,11 +156,14 @@ class CurvatureProbe:
                 def hvp(vec):
                     return list(torch.autograd.grad(grads, plist, grad_outputs=vec, retain_graph=True))
 
-                lam, self.v = top_eigenvalue(hvp, self.v, self.iters)
+                # a cold start (the first estimate, from a random vector) gets COLD_START x the steps
+                lam, self.v = top_eigenvalue(hvp, self.v, self.iters * (COLD_START if self.cold else 1))
                 lam_p = torch.full((), math.nan, device=lam.device)
                 scale = self.precond_scale() if self.precond else None
                 if scale is not None:
-                    lam_p, self.u = top_eigenvalue(hvp, self.u, self.iters, scale)
+                    lam_p, self.u = top_eigenvalue(hvp, self.u, self.iters * (COLD_START if self.u_cold else 1), scale)
+                    self.u_cold = False
+                self.cold = False
             self.v = [x.detach() for x in self.v]
             if self.u is not None:
                 self.u = [x.detach() for x in self.u]
@@ -202,6 +208,7 @@ class CurvatureProbe:
 
     def state_dict(self) -> dict:
         return {"v": [x.detach().cpu() for x in self.v], "u": None if self.u is None else [x.detach().cpu() for x in self.u],
+                "cold": [self.cold, self.u_cold],
                 "pending": [(s, lr, lam.cpu(), lam_p.cpu()) for s, lr, lam, lam_p in self.pending]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -210,6 +217,7 @@ class CurvatureProbe:
         if state.get("u") is not None:
             self.u = [x.to(dev) for x in state["u"]]
         self.pending = [(int(s), float(lr), lam.to(dev), lam_p.to(dev)) for s, lr, lam, lam_p in state["pending"]]
+        self.cold, self.u_cold = (bool(c) for c in state.get("cold", [False, False]))
 
 
 def probe_batch(data, seed: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

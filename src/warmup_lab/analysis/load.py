@@ -28,7 +28,9 @@ IGNORED_PREFIXES = ("paths.", "task_name", "trainer.progress", "trainer.threads"
                     "study.budget_minutes", "study.alpha", "study.spending", "data.root",
                     "data.download")
 CURVE_TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/update_ratio", "jitter/loss_std",
-              "jitter/loss_abs_change", "jitter/spike_ratio", "val/loss")
+              "jitter/loss_abs_change", "jitter/spike_ratio", "val/loss", "curvature/sharpness",
+              "curvature/stability_threshold", "curvature/threshold_ratio", "curvature/precond_sharpness",
+              "curvature/precond_threshold_ratio")
 
 
 @dataclass

@@ -123,6 +123,48 @@ def loss_curves(arms: list[Arm], path: Path, window: int = 10) -> Path:
     return _save(fig, path)
 
 
+def curvature(arms: list[Arm], path: Path) -> Path | None:
+    """Sharpness per arm against the step (mean over seeds, band min-max; log scale) with the
+    stability threshold (2 + 2 beta) / lr of the arm's schedule as a dashed line of the same
+    colour; beside it the threshold ratio with the line at 1 (and, for Adam, the preconditioned
+    ones). None when no run logged curvature."""
+    have = [a for a in arms if any("curvature/sharpness" in r.curves for r in a.runs)]
+    if not have:
+        return None
+    precond = any("curvature/precond_threshold_ratio" in r.curves for a in have for r in a.runs)
+    cols = 3 if precond else 2
+    fig, axes = plt.subplots(1, cols, figsize=(5.2 * cols, 3.8))
+    specs = [("curvature/sharpness", "curvature/stability_threshold", "sharpness (top Hessian eigenvalue)", True),
+             ("curvature/threshold_ratio", None, "lr x sharpness / (2 + 2 beta)", False)]
+    if precond:
+        specs.append(("curvature/precond_threshold_ratio", None, "lr x precond. sharpness / ((2+2b1)/(1-b1))", False))
+    for ax, (tag, line_tag, title, log) in zip(axes, specs):
+        for a in have:
+            steps, stack = _curve_stack(a, tag, 1)
+            if steps is None:
+                continue
+            with np.errstate(all="ignore"):
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    mean, lo, hi = np.nanmean(stack, 0), np.nanmin(stack, 0), np.nanmax(stack, 0)
+            (ln,) = ax.plot(steps, mean, lw=1.3, marker=".", ms=3, label=f"{a.label} (n={len(a.runs)})")
+            ax.fill_between(steps, lo, hi, color=ln.get_color(), alpha=0.15, lw=0)
+            if line_tag is not None:
+                tsteps, tstack = _curve_stack(a, line_tag, 1)
+                if tsteps is not None:
+                    ax.plot(tsteps, np.nanmedian(tstack, 0), ls="--", lw=0.9, color=ln.get_color())
+        if not log:
+            ax.axhline(1.0, color="black", lw=0.8, ls="--")
+        ax.set_yscale("log" if log else "linear")
+        ax.set_xlabel("step")
+        ax.set_title(title + (" (dashed: threshold 2(1+beta)/lr)" if line_tag else " (dashed: 1)"), fontsize=8.5)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=6.5, loc="best")
+    return _save(fig, path)
+
+
 def early_jitter(arms: list[Arm], path: Path, metric: str = "early_jitter") -> Path:
     """Early-phase jitter per arm: one dot per seed, the mean as a bar (failed runs hollow)."""
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(arms) + 1.4))
@@ -237,7 +279,11 @@ def lr_schedules(arms: list[Arm], path: Path) -> Path:
 def all_plots(arms: list[Arm], out: Path, l0: float, metric: str = "final_val_loss",
               window: int = 10) -> dict[str, Path]:
     out = Path(out)
-    return {"loss_curves": loss_curves(arms, out / "loss_curves.png", window),
+    figs = {"loss_curves": loss_curves(arms, out / "loss_curves.png", window),
             "early_jitter": early_jitter(arms, out / "early_jitter.png"),
             "lr_sensitivity": lr_sensitivity(arms, out / "lr_sensitivity.png", l0, metric),
             "lr_schedules": lr_schedules(arms, out / "lr_schedules.png")}
+    curv = curvature(arms, out / "curvature.png")
+    if curv is not None:
+        figs["curvature"] = curv
+    return figs

@@ -255,7 +255,9 @@ def analyze(sweep_dirs, out: Path | None = None, claims: list | None = None, met
     captions = {"loss_curves": "Training loss per arm (mean over seeds, band min-max; dotted lines: divergence)",
                 "early_jitter": "Early-phase jitter per arm (std of the step-to-step loss change, first 10% of steps)",
                 "lr_sensitivity": "Final loss against peak lr, with (solid) and without (dashed) warmup; x = failed runs",
-                "lr_schedules": "The learning-rate schedules of the arms"}
+                "lr_schedules": "The learning-rate schedules of the arms",
+                "curvature": "Sharpness per arm against the stability threshold 2(1+beta)/lr (dashed), and the "
+                             "threshold ratios (above 1: past the edge of stability); docs/metrics.md"}
     for k, p in figs.items():
         md += [f"**{captions[k]}**", "", f"![{k}]({p.name})", ""]
     unigram = sorted({round(u, 4) for r in runs if (u := (r.metrics.get("data") or {}).get("unigram_entropy"))})

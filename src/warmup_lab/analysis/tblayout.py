@@ -48,6 +48,14 @@ def layout() -> dict:
                             "update ratio": ["Multiline", [r"^train/update_ratio$"]],
                             "Adam effective step quantiles": ["Multiline", [r"^train/adam/eff_lr_p\d+$"]],
                             "Adam log10 effective-step std": ["Multiline", [r"^train/adam/eff_lr_log10_std$"]]},
+        "runs: curvature": {
+            "sharpness and its stability threshold 2(1+beta)/lr": [
+                "Multiline", [r"^curvature/sharpness$", r"^curvature/stability_threshold$"]],
+            "threshold ratio (lr x sharpness / (2+2beta)); above 1 = past the edge": [
+                "Multiline", [r"^curvature/threshold_ratio$"]],
+            "Adam: preconditioned sharpness and its threshold (2+2b1)/((1-b1) lr)": [
+                "Multiline", [r"^curvature/precond_sharpness$", r"^curvature/precond_stability_threshold$"]],
+            "Adam: preconditioned threshold ratio": ["Multiline", [r"^curvature/precond_threshold_ratio$"]]},
     }
 
 
