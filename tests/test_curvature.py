@@ -168,3 +168,17 @@ def test_the_probe_is_checked_and_not_fused():
     with pytest.raises(ConfigError, match="needs trainer.compile=false"):
         validate(compose_cfg("trainer.metrics.curvature_interval=5", "trainer.compile=true"))
     assert "curvature" in fusable(compose_cfg("model.depth=8", "trainer.metrics.curvature_interval=5"))
+
+
+def test_the_analysis_draws_sharpness_per_arm_and_the_layout_has_curvature_charts(tmp_path):
+    from warmup_lab.analysis import analyze
+    from warmup_lab.analysis.tblayout import layout
+
+    for i, ratio in enumerate((0.0, 0.25)):
+        run(compose_cfg("model.width=4", "model.depth=8", *CURV, "scheduler.warmup_steps=null",
+                        f"scheduler.warmup_ratio={ratio}"), tmp_path / str(i))
+    summary = analyze([tmp_path], claims=[], n_boot=50, tensorboard=False)
+    assert "curvature.png" in summary["files"] and (tmp_path / "curvature.png").read_bytes()[:4] == b"\x89PNG"
+    assert "stability threshold 2(1+beta)/lr" in (tmp_path / "report.md").read_text()
+    charts = layout()["runs: curvature"]
+    assert any("^curvature/stability_threshold$" in c[1] for c in charts.values())
