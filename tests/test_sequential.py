@@ -126,9 +126,11 @@ def test_seeds_needed_gives_80_percent_power_by_simulation():
 
 # -- end to end ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_a_sequential_sweep_stops_early_on_a_planted_effect_and_resumes(tmp_path):
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "fused"])
+def test_a_sequential_sweep_stops_early_on_a_planted_effect_and_resumes(tmp_path, launcher):
     """lr 1e-4 barely trains in 30 steps, lr 0.1 does: a large planted effect. The first round
-    (3 seeds) decides it, so no second round runs; analyze.py reproduces the rounds."""
+    (3 seeds) decides it, so no second round runs; analyze.py reproduces the rounds. The same
+    through every launcher (the rounds live in the sweeper)."""
     claim = tmp_path / "claim.yaml"
     claim.write_text(yaml.safe_dump({
         "name": "tiny_lr_is_worse", "statement": "A 1000x smaller lr ends with a higher loss.", "margin": 0.05,
@@ -138,7 +140,7 @@ def test_a_sequential_sweep_stops_early_on_a_planted_effect_and_resumes(tmp_path
     args = ["-m", "optimizer.lr=0.0001,0.1", "seed=0,1,2", f"study.claim={claim}", "study.max_seeds=9",
             "study.spending=pocock", f"hydra.sweep.dir={sweep}", "trainer.max_steps=30", "trainer.eval_interval=30",
             "trainer.log_interval=10", "trainer.checkpoint_interval=null", "model.width=4", "model.depth=8",
-            "trainer.threads=1"]
+            "trainer.threads=1", f"launcher={launcher}", *(["hydra.launcher.n_jobs=2"] if launcher == "joblib" else [])]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((sweep / "study.json").read_text())
@@ -155,6 +157,8 @@ def test_a_sequential_sweep_stops_early_on_a_planted_effect_and_resumes(tmp_path
     assert "Sequential design" in report and "pocock alpha spending over 3 looks" in report
     v = json.loads((sweep / "verdicts.json").read_text())
     assert v["claims"][0]["design"]["state"] == "decided"
+    if launcher != "basic":
+        return
     # the same command again, resumed: everything is skipped and the study stops at once
     again = run_cli(*args, "trainer.resume=true")
     assert again.returncode == 0, again.stderr[-3000:]
