@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .schedules.knobs import fmt  # a value as a Hydra override writes it (null, true, [1, 2])
+
 INF = math.inf
 
 
@@ -27,14 +29,6 @@ class ConfigError(ValueError):
     """A bad config value; the message is a single line naming the key."""
 
 
-def fmt(v) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(fmt(x) for x in v) + "]"
-    return str(v)
 
 
 @dataclass(frozen=True)

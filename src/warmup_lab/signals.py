@@ -25,6 +25,15 @@ import threading
 log = logging.getLogger(__name__)
 
 
+def restore_handlers(previous: dict) -> None:
+    """Put back the signal handlers that ``signal.signal`` returned (where this thread may)."""
+    for sig, handler in previous.items():
+        try:
+            signal.signal(sig, handler)
+        except (ValueError, OSError, TypeError):
+            pass
+
+
 def under_submitit() -> bool:
     return bool(os.environ.get("SUBMITIT_EXECUTOR"))
 
@@ -70,11 +79,7 @@ class GracefulStop:
         self.restore()
 
     def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            try:
-                signal.signal(sig, handler)
-            except (ValueError, OSError, TypeError):
-                pass
+        restore_handlers(self._previous)
         self._previous = {}
 
     # -- handlers --------------------------------------------------------------------------------

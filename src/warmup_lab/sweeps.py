@@ -270,11 +270,9 @@ class SweepStop:
         return self.signum
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            try:
-                signal.signal(sig, handler)
-            except (ValueError, OSError, TypeError):
-                pass
+        from .signals import restore_handlers
+
+        restore_handlers(self._previous)
         self._previous = {}
 
     def finish(self) -> None:

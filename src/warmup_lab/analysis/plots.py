@@ -76,6 +76,15 @@ def _empty(path: Path, text: str) -> Path:
     return _save(fig, path)
 
 
+def _band(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, min and max over seeds (rows) of a curve stack, NaN where no seed has a value."""
+    import warnings
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(stack, 0), np.nanmin(stack, 0), np.nanmax(stack, 0)
+
+
 def _curve_stack(arm: Arm, tag: str, window: int):
     """Per-seed curves of ``tag`` (smoothed) on the common step grid; a diverged run's curve
     stops at its divergence."""
@@ -103,12 +112,7 @@ def loss_curves(arms: list[Arm], path: Path, window: int = 10) -> Path:
             steps, stack = _curve_stack(a, "train/loss", window)
             if steps is None:
                 continue
-            with np.errstate(all="ignore"):
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    mean, lo, hi = np.nanmean(stack, 0), np.nanmin(stack, 0), np.nanmax(stack, 0)
+            mean, lo, hi = _band(stack)
             (line,) = ax.plot(steps, mean, lw=1.3, label=f"{a.label} (n={len(a.runs)})")
             ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.18, lw=0)
             for r in a.runs:
@@ -143,12 +147,7 @@ def curvature(arms: list[Arm], path: Path) -> Path | None:
             steps, stack = _curve_stack(a, tag, 1)
             if steps is None:
                 continue
-            with np.errstate(all="ignore"):
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    mean, lo, hi = np.nanmean(stack, 0), np.nanmin(stack, 0), np.nanmax(stack, 0)
+            mean, lo, hi = _band(stack)
             (ln,) = ax.plot(steps, mean, lw=1.3, marker=".", ms=3, label=f"{a.label} (n={len(a.runs)})")
             ax.fill_between(steps, lo, hi, color=ln.get_color(), alpha=0.15, lw=0)
             if line_tag is not None:
