@@ -66,12 +66,13 @@ def main(cfg: DictConfig) -> dict:
         if hc.runtime.choices.get("hydra/launcher") in ("basic", "fused"):  # the signal was for the sweep:
             request_stop(hc.sweep.dir, name)  # the next jobs do not start; the sweeper exits 128 + signal
         return metrics  # a worker of a parallel launcher: recorded, the launcher decides
-    acc = metrics.get("final_val_acc")
+    acc, loss = metrics.get("final_val_acc"), metrics.get("final_val_loss")
     if multirun:  # the sweep prints one progress line and a summary, not one block per run
         return metrics
-    print(f"{metrics['status']}: {metrics['steps']} steps, val loss {metrics.get('final_val_loss')}"
-          + (f", val acc {acc:.4f}" if acc is not None else "") + f"\nlogs: {run_dir}"
-          + f"\nview: tensorboard --logdir {cfg.paths.output_root}")
+    print(f"{metrics['status']}: {metrics['steps']} steps"
+          + (f", val loss {loss:.4f}" if loss is not None else "") + (f", val acc {acc:.4f}" if acc is not None else "")
+          + f", {metrics.get('wall_time_s', 0):.1f} s\nrun directory: {run_dir} (train.log, metrics.json, events)"
+          + f"\nview: .venv/bin/tensorboard --logdir {run_dir} --samples_per_plugin scalars=100000")
     return metrics
 
 

@@ -8,8 +8,8 @@ own (`--claim-file PATH`, docs/claims.md), states a verdict. A sweep run with `s
 is judged with its sequential design (study.json). `--plan` prints, per part, the spread of the
 paired differences and the seeds needed to decide at the margin with 80% power. Writes
 report.md, runs.csv, arms.csv, verdicts.json, loss_curves.png, early_jitter.png,
-lr_sensitivity.png, lr_schedules.png and a TensorBoard custom-scalars layout into the first sweep
-directory (or --out). A claim that does not fit the runs gets one line and exit code 2.
+lr_sensitivity.png, lr_schedules.png, the arms as TensorBoard runs in <out>/tensorboard/ (with
+their custom-scalars layout) and a per-run layout into the first sweep directory (or --out). A claim that does not fit the runs gets one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def main(argv=None) -> int:
             for pl in summary["plans"][c["claim"]]:
                 print(("  " if pl["primary"] else "  (supplementary) ") + plan_text(pl))
     print(f"{summary['n_runs']} runs, {summary['n_arms']} arms -> {Path(summary['out']) / 'report.md'}")
+    if summary.get("tensorboard"):
+        print(f"arms in TensorBoard: {summary['tensorboard']}")
     return 0
 
 

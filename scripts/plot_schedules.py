@@ -107,8 +107,13 @@ def main(argv=None) -> None:
                    help="also plot this fraction of T past the end")
     p.add_argument("--logy", action="store_true", help="log-scale y axis")
     p.add_argument("--cols", type=int, default=5, help="panels per row")
-    p.add_argument("--dpi", type=int, default=72)
-    p.add_argument("--out", default=str(ROOT / "docs" / "schedules.png"))
+    p.add_argument("--normalise", choices=("auto", "peak", "none"), default="auto",
+                   help="overlay: divide each curve by its own peak (auto: when the peaks differ, e.g. noam's "
+                        "d_model^-0.5 scale next to 1.0)")
+    p.add_argument("--dpi", type=int, default=100)
+    p.add_argument("--out", default=str(ROOT / "outputs" / "schedules.png"),
+                   help="where to write (default outputs/schedules.png; `make plot-schedules` writes the gallery "
+                        "docs/schedules.png)")
     args = p.parse_args(argv)
 
     common = {}
@@ -134,13 +139,18 @@ def main(argv=None) -> None:
             raise SystemExit(f"{label}: {err}") from None
 
     if args.overlay:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        for label, sched, steps, lrs in curves:
-            ax.plot(steps, lrs, label=f"{label} (W={sched.warmup_steps})", lw=1.4)
+        peaks = [max(float(max(lrs)), 1e-300) for _, _, _, lrs in curves]
+        norm = args.normalise == "peak" or (args.normalise == "auto" and max(peaks) / min(peaks) > 1.01)
+        fig, ax = plt.subplots(figsize=(9, 5))
+        for (label, sched, steps, lrs), peak in zip(curves, peaks):
+            ys = [v / peak for v in lrs] if norm else lrs
+            ax.plot(steps, ys, label=f"{label} (W={sched.warmup_steps}" + (f", peak {peak:.3g})" if norm else ")"),
+                    lw=1.6)
         ax.legend(fontsize=8)
         axes = [ax]
-        ax.set_title(f"T = {T} steps", fontsize=10)
-        ax.set_xlabel("step")
+        ax.set_title(f"T = {T} steps" + (" (each curve divided by its own peak)" if norm else ""), fontsize=10)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("lr / its peak" if norm else ("lr / optimizer.lr" if args.lr == 1.0 else "lr"))
     else:
         cols = min(args.cols, len(curves))
         rows = math.ceil(len(curves) / cols)

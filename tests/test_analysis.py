@@ -315,7 +315,9 @@ def test_analyze_writes_every_file_non_empty(sweep):
     assert (root / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     layouts = list(root.glob("events.out.tfevents.*.layout"))
     assert len(layouts) == 1 and layouts[0].stat().st_size > 0
-    assert len(list((root / "_arms").iterdir())) == 8
+    assert len([d for d in (root / "tensorboard").iterdir() if d.is_dir()]) == 8  # the arms, in a log dir of their own
+    assert len(list((root / "tensorboard").glob("events.out.tfevents.*.layout"))) == 1
+    assert summary["tensorboard"] == f".venv/bin/tensorboard --logdir {root / 'tensorboard'} --samples_per_plugin scalars=100000"
     assert summary["n_runs"] == 24 and summary["n_excluded"] == 1 and summary["n_arms"] == 8
 
 
@@ -353,7 +355,39 @@ def test_cli_reruns_in_place_and_replaces_the_layout(sweep, capsys):
     out = capsys.readouterr().out
     assert "Warmup matters for Adam, not SGD: SUPPORTED" in out and "24 runs, 8 arms" in out
     assert len(list(root.glob("events.out.tfevents.*.layout"))) == 1
-    assert len(list((root / "_arms").iterdir())) == 8
+    assert len([d for d in (root / "tensorboard").iterdir() if d.is_dir()]) == 8
+    assert f"arms in TensorBoard: .venv/bin/tensorboard --logdir {root / 'tensorboard'}" in out
+
+
+def test_a_mistyped_sweep_path_is_one_line_and_creates_nothing(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("analyze_cli", Path(__file__).parents[1] / "scripts" / "analyze.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    typo = tmp_path / "outputs" / "multirn" / "x"
+    assert cli.main([str(typo)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {typo}: no such sweep directory" and not typo.exists()
+
+
+def test_the_arm_log_dir_stays_under_tensorboards_40_run_limit_for_a_72_job_sweep(tmp_path):
+    """TensorBoard's frontend selects no run once a log dir has more than 40: a 72-job preset
+    (6 lrs x 2 optimizers x 2 warmups x 3 seeds) writes its 24 arms to a log dir of their own."""
+    from warmup_lab.analysis.tblayout import MAX_FRONTEND_RUNS
+
+    rng = np.random.default_rng(0)
+    job = 0
+    for opt in ("sgd", "adamw"):
+        for ratio in (0.0, 0.1):
+            for lr in (0.01, 0.02, 0.04, 0.08, 0.16, 0.32):
+                for seed in range(3):
+                    m = metrics_for(0.3 + 0.01 * rng.normal(), warmup_steps=int(300 * ratio), lr=lr)
+                    write_run(tmp_path / str(job), config_for(seed, opt, lr, ratio, "none"), m, steps=5, rng=rng)
+                    job += 1
+    summary = analyze([tmp_path], claims=[], n_boot=20)
+    arm_runs = [d for d in (tmp_path / "tensorboard").iterdir() if d.is_dir()]
+    assert summary["n_runs"] == 72 and len(arm_runs) == 24 <= MAX_FRONTEND_RUNS
 
 
 def test_arms_merge_across_sweep_dirs_and_label_what_varies(sweep, tmp_path):
@@ -361,7 +395,7 @@ def test_arms_merge_across_sweep_dirs_and_label_what_varies(sweep, tmp_path):
     runs = [r for r in load_runs([root, root]) if r.status in ("completed", "diverged")]
     arms = group_arms(runs)
     assert len(arms) == 8 and all(len(a.runs) == 6 for a in arms)
-    assert {a.label for a in arms} >= {"sgd lr=0.01 warmup=0", "adamw lr=0.04 warmup=30"}
+    assert {a.label for a in arms} >= {"sgd lr=0.01 warmup=0%", "adamw lr=0.04 warmup=10%"}  # in the sweep's units
     assert initial_loss(runs) == pytest.approx(L0)
 
 
@@ -376,3 +410,54 @@ def test_every_scalar_point_is_read(tmp_path):
     w.close()
     steps, values = read_scalars(tmp_path)["train/loss"]
     assert len(steps) == 10500 and values[-1] == 10499
+
+
+def test_no_lr_plot_without_an_lr_grid_and_distinct_markers_with_one(tmp_path):
+    from warmup_lab.analysis import plots
+
+    one_lr = group_arms(fraction_runs(np.random.default_rng(20), {0.0: 0.5, 0.1: 0.3}))
+    assert plots.lr_sensitivity(one_lr, tmp_path / "a.png", L0) is None and not (tmp_path / "a.png").exists()
+    grid = group_arms(factor_runs(np.random.default_rng(21), effect_a=0.2))
+    fig_path = plots.lr_sensitivity(grid, tmp_path / "b.png", L0)
+    assert fig_path.read_bytes()[:4] == b"\x89PNG"
+    import matplotlib.pyplot as plt
+
+    captured = {}
+    original = plt.Axes.plot
+
+    def record(self, *args, **kwargs):
+        line = original(self, *args, **kwargs)
+        if kwargs.get("label"):
+            captured[kwargs["label"]] = (line[0].get_color(), line[0].get_marker())
+        return line
+
+    plt.Axes.plot = record
+    try:
+        plots.lr_sensitivity(grid, tmp_path / "c.png", L0)
+    finally:
+        plt.Axes.plot = original
+    assert len(captured) == 4 and len(set(captured.values())) == 4  # every arm line: own colour and marker
+    assert len({c for c, _ in captured.values()}) == 4 and len({m for _, m in captured.values()}) == 4
+
+
+def test_plot_schedules_normalises_an_overlay_and_writes_outputs_by_default(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_schedules", Path(__file__).parents[1] / "scripts" / "plot_schedules.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    original = plt.Axes.plot
+    plt.Axes.plot = lambda self, x, y, *a, **k: (drawn.append(max(y)), original(self, x, y, *a, **k))[1]
+    try:
+        mod.main(["--schedules", "warmupcosine", "noam", "--overlay", "--out", str(tmp_path / "s.png")])
+    finally:
+        plt.Axes.plot = original
+    assert drawn == [pytest.approx(1.0), pytest.approx(1.0)]  # noam's 0.007 peak no longer a flat line at 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "s.png").size[0] >= 800
+    source = Path(mod.__file__).read_text()
+    assert 'default=str(ROOT / "outputs" / "schedules.png")' in source  # the tracked gallery only when asked

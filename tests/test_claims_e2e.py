@@ -63,7 +63,7 @@ def test_tiny_preset_through_multirun_and_analyze(tmp_path):
                  "lr_sensitivity.png", "lr_schedules.png"):
         assert (sweep / name).stat().st_size > 0, name
     report = (sweep / "report.md").read_text()
-    assert "| adamw warmup=3 |" in report  # arms named by what varies
+    assert "| adamw warmup=25% |" in report  # arms named by what varies, in the units the sweep set
     assert "Seeds this needs" in report and "seeds to decide at the margin" in report
     v = json.loads((sweep / "verdicts.json").read_text())
     assert v["n_runs"] == 8 and v["n_arms"] == 4 and v["seeds"] == [0, 1]

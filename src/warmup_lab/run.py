@@ -154,6 +154,12 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
                  "resolved.params": sum(p.numel() for p in model.parameters()),
                  **{f"resolved.{k}": v for k, v in schedule.info().items()}}
         writer.start_hparams(flat_hparams(cfg, extra))
+        log.info("run %s: model %s (%d parameters), data %s, optimizer %s (peak lr %g), scheduler %s "
+                 "(warmup %d of %d steps), batch %d, seed %d, device %s, %d thread(s)%s", run_dir,
+                 cfg.model.get("name"), extra["resolved.params"], cfg.data.get("name"), cfg.optimizer.get("name"),
+                 float(cfg.optimizer.lr), cfg.scheduler.get("name"), schedule.warmup_steps, steps, tr.batch_size,
+                 cfg.seed, device, torch.get_num_threads(),
+                 f", resuming from step {resumed_from}" if resumed_from is not None else "")
         trainer = Trainer(model, optimizer, schedule, data, writer, total_steps=steps,
                           batch_size=tr.batch_size, seed=cfg.seed, device=device,
                           eval_interval=tr.eval_interval, log_interval=tr.log_interval,
@@ -175,6 +181,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
         metrics.update(total_steps=steps, warmup_steps=schedule.warmup_steps,
                        peak_lr=float(cfg.optimizer.lr), data=data.info, val_history=result.history["val"])
         metrics.update(config_digest=digest, resumed_from_step=resumed_from)
+        log.info("%s after %d steps: final train loss %s, val loss %s, val acc %s", result.status, result.steps,
+                 _g(result.final_train_loss), _g(result.final_val_loss), _g(result.final_val_acc))
         if result.status == "interrupted":  # no final hparam values yet: the run goes on later
             metrics["interrupted_by"] = stop.signal_name
             log.warning("interrupted at step %d by %s; checkpoint in %s", result.steps,
@@ -215,6 +223,10 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
     if metrics["status"] == "interrupted":
         stop.hand_over()  # under submitit: its handler requeues the job and exits the process
     return metrics
+
+
+def _g(v) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
 
 
 def record_failure(run_dir: str | Path, err: BaseException) -> dict:

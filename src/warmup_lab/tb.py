@@ -12,9 +12,11 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 # Final metrics shown in the HParams dashboard; the same names in every run.
+# metrics that mean something on a healthy run too: not max_spike_ratio, which divides by the
+# lowest loss so far and reads 100+ once a run's loss falls to 1e-4 (the early-phase one is kept)
 HPARAM_METRICS = ("hparam/final_val_loss", "hparam/best_val_loss", "hparam/final_val_acc",
                   "hparam/final_train_loss", "hparam/diverged", "hparam/steps",
-                  "hparam/early_jitter", "hparam/max_spike_ratio", "hparam/train_loss_auc")
+                  "hparam/early_jitter", "hparam/early_max_spike_ratio", "hparam/train_loss_auc")
 HPARAM_GROUPS = ("model", "data", "optimizer", "scheduler", "trainer")
 _SKIP = ("_target_", "progress", "resume", "checkpoint_interval")  # no effect on what a run computes
 

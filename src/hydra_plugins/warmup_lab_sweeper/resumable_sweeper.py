@@ -115,6 +115,9 @@ class ResumableSweeper(BasicSweeper):
         skipped = sum(r.get("action") == "skip" for r in records)
         for line in format_summary(summary, skipped):
             print(line, flush=True)
+        print(f"sweep directory: {sweep_dir}\n"
+              f"judge it: make analyze SWEEP={sweep_dir}   (or .venv/bin/python scripts/analyze.py {sweep_dir})\n"
+              f"view: .venv/bin/tensorboard --logdir {sweep_dir} --samples_per_plugin scalars=100000", flush=True)
         if stopper.signum is not None:
             name = signal.Signals(stopper.signum).name
             print(f"sweep stopped by {name}; continue it with the same command plus trainer.resume=true "

@@ -19,10 +19,13 @@ import numpy as np
 from .load import Run, is_ignored
 from .stats import summarize, wilson
 
+# warmup is named as the sweep set it: a fraction of the steps (scheduler.warmup_ratio, shown as
+# a percentage) before steps, so a 2% arm reads "warmup=2%", not the steps that 2% became
 LABEL_PRIORITY = ("model.name", "model.norm_first", "model.depth", "optimizer.name", "scheduler.name",
-                  "optimizer.lr", "run.warmup_steps", "optimizer.betas")
+                  "optimizer.lr", "scheduler.warmup_ratio", "run.warmup_steps", "optimizer.betas")
 SHORT = {"model.norm_first": "pre_ln", "optimizer.name": "", "scheduler.name": "", "optimizer.lr": "lr",
-         "run.warmup_steps": "warmup", "optimizer.betas": "betas", "model.name": "", "model.depth": "depth"}
+         "scheduler.warmup_ratio": "warmup", "run.warmup_steps": "warmup_steps", "optimizer.betas": "betas",
+         "model.name": "", "model.depth": "depth"}
 # per-run numbers aggregated per arm (all from metrics.json; "loss" is defined below)
 METRICS = ("loss", "final_val_loss", "final_val_acc", "final_train_loss", "train_loss_auc",
            "early_jitter", "early_mean_abs_change", "early_max_spike_ratio", "max_spike_ratio",
@@ -148,6 +151,9 @@ def make_label(settings: dict, keys: list[str]) -> str:
             parts.append("Pre-LN" if v else "Post-LN")
             continue
         short = SHORT.get(k, k.split(".")[-1])
+        if k == "scheduler.warmup_ratio" and isinstance(v, (int, float)) and not isinstance(v, bool):
+            parts.append(f"warmup={v * 100:g}%")
+            continue
         parts.append(f"{short}={_fmt_value(v)}" if short else _fmt_value(v))
     return " ".join(parts) or "all runs"
 

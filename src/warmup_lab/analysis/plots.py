@@ -20,6 +20,11 @@ from .arms import Arm, run_loss  # noqa: E402
 from ..jitter import rolling_mean  # noqa: E402
 
 MAX_LINES = 8
+# Okabe & Ito's palette, readable with the common colour-vision deficiencies, used for every
+# plot's line colours (matplotlib's default cycle C0, C1, ... is this palette from here on)
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+plt.rcParams["axes.prop_cycle"] = plt.cycler(color=list(PALETTE))
 
 
 def _panels(arms: list[Arm]) -> dict[str, list[Arm]]:
@@ -119,6 +124,7 @@ def loss_curves(arms: list[Arm], path: Path, window: int = 10) -> Path:
                 if r.diverged and r.metrics.get("diverged_step") is not None:
                     ax.axvline(r.metrics["diverged_step"], color=line.get_color(), ls=":", lw=0.8)
         ax.set_yscale("log")
+        _plain_ticks(ax.yaxis)
         ax.set_xlabel("step")
         ax.set_ylabel(f"train loss ({window}-step mean)")
         ax.set_title(title or "training loss: mean over seeds, band = min-max", fontsize=9)
@@ -165,45 +171,69 @@ def curvature(arms: list[Arm], path: Path) -> Path | None:
 
 
 def early_jitter(arms: list[Arm], path: Path, metric: str = "early_jitter") -> Path:
-    """Early-phase jitter per arm: one dot per seed, the mean as a bar (failed runs hollow)."""
+    """Early-phase jitter per arm: one dot per seed (hollow = failed run) and the geometric mean
+    with its 95% t-interval (of the log values) as a bar with whiskers; log axis, no bars from an
+    arbitrary origin."""
+    from .stats import t_interval
+
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(arms) + 1.4))
     y = np.arange(len(arms))
     any_value = False
     for i, a in enumerate(arms):
+        color = PALETTE[i % len(PALETTE)]
         vals = [(r.metrics.get(metric), r.failed) for r in a.runs]
-        ok = [v for v, f in vals if isinstance(v, (int, float)) and v is not None and math.isfinite(v)]
+        ok = [v for v, f in vals if isinstance(v, (int, float)) and v is not None and math.isfinite(v) and v > 0]
+        for v, f in vals:
+            if isinstance(v, (int, float)) and v is not None and math.isfinite(v) and v > 0:
+                ax.plot(v, i, "o", mfc="none" if f else color, mec=color, ms=3.5, alpha=0.6)
         if ok:
             any_value = True
-            ax.barh(i, float(np.mean(ok)), color="C0", alpha=0.35)
-        for v, f in vals:
-            if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
-                ax.plot(v, i, "o", mfc="none" if f else "C0", mec="C0", ms=4)
+            ci = t_interval(np.log10(ok))
+            mid = 10 ** ci.estimate
+            lo, hi = (10 ** ci.lo, 10 ** ci.hi) if ci.defined else (mid, mid)
+            ax.errorbar(mid, i, xerr=[[mid - lo], [hi - mid]], fmt="D", color=color, ms=5, capsize=3, lw=1.2)
     ax.set_yticks(y, [a.label for a in arms], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{metric}: std of the step-to-step loss change over the first 10% of steps")
+    ax.set_xlabel(f"{metric}: std of the step-to-step loss change over the early phase")
     if any_value:
         ax.set_xscale("log")
-    ax.set_title("early-phase jitter per arm (dots: seeds, hollow = failed run; bar: mean)", fontsize=9)
+        _plain_ticks(ax.xaxis)
+    ax.set_title("early-phase jitter per arm (dots: seeds, hollow = failed; diamond: geometric mean, "
+                 "95% t-interval)", fontsize=8.5)
     ax.grid(alpha=0.3, axis="x", which="both")
     return _save(fig, path)
 
 
-def lr_sensitivity(arms: list[Arm], path: Path, l0: float, metric: str = "final_val_loss") -> Path:
-    """Final loss against peak lr, one line per (optimizer, warmup) and any other varying
-    setting; solid = warmup, dashed = none. Failed runs are drawn as x at L0 (the cap)."""
+def _plain_ticks(axis) -> None:
+    """Tick labels as plain numbers (0.3, 1, 3) on a log axis, not 3x10^0."""
+    from matplotlib.ticker import FuncFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(fmt)
+    axis.set_minor_formatter(fmt)
+
+
+def lr_sensitivity(arms: list[Arm], path: Path, l0: float, metric: str = "final_val_loss") -> Path | None:
+    """Final loss against peak lr, one line (colour and marker of its own) per (optimizer,
+    warmup) and any other varying setting; solid = warmup, dashed = none. The y range is that of
+    the runs that trained; failed runs are an x on the top edge with their count. None (no plot)
+    when the sweep has a single lr."""
     groups: dict[tuple, list] = defaultdict(list)
     for a in arms:
-        for r in a.runs:
+        for r in a.runs:  # one line per arm setting other than the lr (schedule names included)
             opt = r.config.get("optimizer.name", "?")
             warm = (r.metrics.get("warmup_steps") or 0) > 0
             other = tuple((k, str(v)) for k, v in a.settings.items()
-                          if k not in ("optimizer.lr", "optimizer.name", "run.warmup_steps", "scheduler.name")
-                          and not k.startswith("scheduler.") and not k.startswith("study."))
+                          if k not in ("optimizer.lr", "optimizer.name", "run.warmup_steps", "scheduler.warmup_ratio",
+                                       "scheduler.warmup_steps") and not k.startswith("study."))
             groups[(opt, warm, other)].append(r)
+    lr_values = {float(r.metrics.get("peak_lr") or r.config.get("optimizer.lr") or 0) for rs in groups.values() for r in rs}
+    if len(lr_values) < 2:  # one lr: every point at one x says nothing about sensitivity
+        return None
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    colors = {}
-    for (opt, warm, other), runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        color = colors.setdefault((opt, other), f"C{len(colors) % 10}")
+    trained = [run_loss(r, l0, metric) for rs in groups.values() for r in rs if not r.failed]
+    for gi, ((opt, warm, other), runs) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
+        color, marker = PALETTE[gi % len(PALETTE)], MARKERS[gi % len(MARKERS)]
         by_lr = defaultdict(list)
         for r in runs:
             lr = float(r.metrics.get("peak_lr") or r.config.get("optimizer.lr"))
@@ -214,24 +244,27 @@ def lr_sensitivity(arms: list[Arm], path: Path, l0: float, metric: str = "final_
             rs = by_lr[lr]
             ok = [run_loss(r, l0, metric) for r in rs if not r.failed]
             means.append(np.mean([run_loss(r, l0, metric) for r in rs]))
-            ax.plot([lr] * len(ok), ok, ".", color=color, alpha=0.5, ms=4)
+            ax.plot([lr] * len(ok), ok, marker, color=color, alpha=0.35, ms=3.5, mfc="none")
             nf = sum(r.failed for r in rs)
-            if nf:
-                ax.plot(lr, l0, "x", color=color, ms=8, mew=2)
-                ax.annotate(f"{nf}/{len(rs)}", (lr, l0), textcoords="offset points", xytext=(3, 4),
-                            fontsize=6, color=color)
+            if nf:  # failed runs: an x on the top edge (they count at L0, off the trained range)
+                ax.plot(lr, 1.0, "x", color=color, ms=8, mew=2, transform=ax.get_xaxis_transform(), clip_on=False)
+                ax.annotate(f"{nf}/{len(rs)} failed", (lr, 1.0), xycoords=("data", "axes fraction"),
+                            textcoords="offset points", xytext=(3, -10), fontsize=6, color=color)
         other_txt = " ".join(_setting_text(k, v) for k, v in other)
-        ax.plot(lrs, means, "-" if warm else "--", color=color, marker="o", ms=3.5,
-                label=f"{opt} {'warmup' if warm else 'no warmup'} {other_txt}".strip())
-    ax.axhline(l0, color="grey", lw=0.8, ls=":")
-    ax.text(ax.get_xlim()[0] if ax.has_data() else 0, l0, " L0 (failed runs: x, count failed/seeds)",
-            fontsize=6, va="bottom", color="grey")
+        ok_means = [(lr, m) for lr, m in zip(lrs, means) if m < l0]
+        ax.plot([p[0] for p in ok_means], [p[1] for p in ok_means], "-" if warm else "--", color=color,
+                marker=marker, ms=5, lw=1.6, label=f"{opt} {'warmup' if warm else 'no warmup'} {other_txt}".strip())
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if trained:  # the range of the runs that trained, not the L0 cap
+        lo, hi = min(trained), max(trained)
+        ax.set_ylim(lo / 1.15, hi * 1.15)
+    _plain_ticks(ax.yaxis)
+    _plain_ticks(ax.xaxis)
     ax.set_xlabel("peak learning rate")
-    ax.set_ylabel(f"{metric} (mean over seeds; failed = L0)")
-    ax.set_title("lr sensitivity: solid = warmup, dashed = no warmup", fontsize=9)
-    ax.legend(fontsize=6.5)
+    ax.set_ylabel(f"{metric} (mean over seeds that trained)")
+    ax.set_title("lr sensitivity: solid = warmup, dashed = no warmup; x at the top = failed runs (L0)", fontsize=8.5)
+    ax.legend(fontsize=6.5, handlelength=3.5)
     ax.grid(alpha=0.3, which="both")
     return _save(fig, path)
 
@@ -282,6 +315,9 @@ def all_plots(arms: list[Arm], out: Path, l0: float, metric: str = "final_val_lo
             "early_jitter": early_jitter(arms, out / "early_jitter.png"),
             "lr_sensitivity": lr_sensitivity(arms, out / "lr_sensitivity.png", l0, metric),
             "lr_schedules": lr_schedules(arms, out / "lr_schedules.png")}
+    if figs["lr_sensitivity"] is None:  # no lr grid: no plot (and no stale one from an earlier analysis)
+        del figs["lr_sensitivity"]
+        (out / "lr_sensitivity.png").unlink(missing_ok=True)
     curv = curvature(arms, out / "curvature.png")
     if curv is not None:
         figs["curvature"] = curv

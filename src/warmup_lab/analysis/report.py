@@ -18,7 +18,7 @@ from .claimspec import load_claim
 from .load import Run, load_runs
 from .power import plan_part, plan_text
 from .sequential import Design
-from .tblayout import write_tensorboard
+from .tblayout import ARM_DIR, tensorboard_command, write_tensorboard
 
 RESULT_STATUSES = ("completed", "diverged")
 STUDY_FILE = "study.json"   # a sequential study's design and rounds, written by the sweeper
@@ -197,6 +197,9 @@ def analyze(sweep_dirs, out: Path | None = None, claims: list | None = None, met
     Returns a summary dict (also written as ``verdicts.json``). A claim that does not fit the
     runs raises ``ClaimError`` (one line)."""
     sweep_dirs = [Path(d) for d in sweep_dirs]
+    missing = [d for d in sweep_dirs if not d.is_dir()]
+    if missing:  # before anything is created: a typo must not leave a directory behind
+        raise FileNotFoundError(f"{missing[0]}: no such sweep directory")
     out = Path(out) if out is not None else sweep_dirs[0]
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_runs(sweep_dirs)
@@ -254,7 +257,8 @@ def analyze(sweep_dirs, out: Path | None = None, claims: list | None = None, met
     md += ["## Plots", ""]
     captions = {"loss_curves": "Training loss per arm (mean over seeds, band min-max; dotted lines: divergence)",
                 "early_jitter": "Early-phase jitter per arm (std of the step-to-step loss change, first 10% of steps)",
-                "lr_sensitivity": "Final loss against peak lr, with (solid) and without (dashed) warmup; x = failed runs",
+                "lr_sensitivity": "Final loss against peak lr, with (solid) and without (dashed) warmup; x on the top "
+                                  "edge = failed runs",
                 "lr_schedules": "The learning-rate schedules of the arms",
                 "curvature": "Sharpness per arm against the stability threshold 2(1+beta)/lr (dashed), and the "
                              "threshold ratios (above 1: past the edge of stability); docs/metrics.md"}
@@ -272,16 +276,19 @@ def analyze(sweep_dirs, out: Path | None = None, claims: list | None = None, met
            + (f"; here {', '.join(f'{u:.4g}' for u in unigram)} nats" if unigram else "") + "). Failed runs count "
            "at L0 in the loss; divergence is also reported separately.",
            "- **Decision rules**:", ""]
-    rules = CLAIMS_DOC.split("Decision rules")[1].split("A claim's verdict")[0]
+    rules = CLAIMS_DOC.split("Decision rules")[1].split("A claim's verdict")[0].replace("``", "`")
     md += ["  " + line.strip() for line in rules.strip().splitlines()[1:] if line.strip()]
-    md += ["", "- **Browse in TensorBoard**: `tensorboard --logdir " + str(out) + " --samples_per_plugin "
-           "scalars=100000`, tab *Custom Scalars* (arm means with min-max bands, and every run's jitter).", ""]
+    md += ["", f"- **Browse in TensorBoard**: the arms, as mean curves with min-max bands over seeds: "
+           f"`{tensorboard_command(out / ARM_DIR)}` (tabs *Custom Scalars* and *Time Series*); every run: "
+           f"`{tensorboard_command(out)}` (TensorBoard selects no run by default above 40 runs: pick them "
+           f"in the run list).", ""]
     (out / "report.md").write_text("\n".join(md))
     summary = {"sweep_dirs": [str(d) for d in sweep_dirs], "out": str(out), "setting": setting,
                "n_runs": len(runs), "n_excluded": len(excluded), "n_arms": len(arms), "seeds": sorted({r.seed for r in runs}),
                "run_time_s": wall, "claims": [r.as_dict() for r in results],
                "plans": plans if plan else None,
-               "files": ["report.md", "runs.csv", "arms.csv"] + [p.name for p in figs.values()]}
+               "files": ["report.md", "runs.csv", "arms.csv"] + [p.name for p in figs.values()],
+               "tensorboard": tensorboard_command(out / ARM_DIR) if tensorboard else None}
     write_json_atomic(out / "verdicts.json", summary)
     return summary
 

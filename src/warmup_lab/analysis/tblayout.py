@@ -1,16 +1,19 @@
-"""TensorBoard view of a sweep: per-arm mean curves as runs, and a custom-scalars layout.
+"""TensorBoard view of a sweep: per-arm mean curves in a log dir of their own, and layouts.
 
-Written into the sweep directory:
+Written into the sweep directory (``out``):
 
-* ``_arms/<nn>_<label>/``: one TensorBoard run per arm holding ``arm/<tag>/mean``, ``/min`` and
-  ``/max`` over its seeds at every step (for ``train/loss``, ``train/lr``, ``train/grad_norm``,
-  ``train/update_ratio``, ``jitter/loss_std``, ``jitter/spike_ratio``), so arms sit side by side
-  as lines with bands;
-* an event file of the sweep directory itself (suffix ``.layout``) with the custom-scalars
-  layout: Margin charts over the arm runs, and Multiline charts whose regexes match every run's
-  tags. Re-running the analysis replaces both.
+* ``tensorboard/<nn>_<label>/``: one TensorBoard run per arm holding ``arm/<tag>/mean``,
+  ``/min`` and ``/max`` over its seeds at every step (for ``train/loss``, ``train/lr``,
+  ``train/grad_norm``, ``train/update_ratio``, ``jitter/loss_std``, ``jitter/spike_ratio``), so
+  arms sit side by side as lines with bands, plus the custom-scalars layout of those Margin
+  charts. It holds only the arms: TensorBoard's frontend selects no run at all once a log dir
+  has more than 40, and a claim preset's sweep has 48-72 jobs, so the arms must not share the
+  sweep's log dir. Open it with ``tensorboard --logdir <sweep>/tensorboard --samples_per_plugin
+  scalars=100000``.
+* an event file of the sweep directory itself (suffix ``.layout``) with the per-run layout:
+  Multiline charts whose regexes match every run's tags, for ``--logdir <sweep>``.
 
-``tensorboard --logdir <sweep dir> --samples_per_plugin scalars=100000``, tab "Custom Scalars".
+Re-running the analysis replaces both.
 """
 
 from __future__ import annotations
@@ -31,12 +34,20 @@ ARM_TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/update_ratio", "
 LAYOUT_SUFFIX = ".layout"
 
 
-def layout() -> dict:
-    """Custom-scalars layout: {category: {chart: [type, [tags or regexes]]}}."""
+ARM_DIR = "tensorboard"
+MAX_FRONTEND_RUNS = 40  # TensorBoard's frontend selects no run above this many in a log dir
+
+
+def arm_layout() -> dict:
+    """Custom-scalars layout of the arm log dir: a Margin chart (mean, min-max band) per tag."""
     margin = {f"{t} (arm mean, band = min-max over seeds)": ["Margin", [f"arm/{t}/mean", f"arm/{t}/min", f"arm/{t}/max"]]
               for t in ARM_TAGS}
+    return {"arms: mean over seeds": margin}
+
+
+def layout() -> dict:
+    """Custom-scalars layout of the sweep's own log dir: {category: {chart: [type, [regexes]]}}."""
     return {
-        "arms: mean over seeds": margin,
         "runs: loss and lr": {"train/loss": ["Multiline", [r"^train/loss$"]],
                               "val/loss": ["Multiline", [r"^val/loss$"]],
                               "train/lr": ["Multiline", [r"^train/lr(/.*)?$"]]},
@@ -79,11 +90,12 @@ def _arm_curves(arm: Arm, tag: str):
 
 
 def write_tensorboard(arms: list[Arm], out: Path) -> Path:
-    """Write the per-arm runs and the layout; returns the ``_arms`` directory."""
+    """Write the per-arm runs and both layouts; returns the arm log dir."""
     out = Path(out)
-    arm_root = out / "_arms"
-    if arm_root.exists():
-        shutil.rmtree(arm_root)
+    arm_root = out / ARM_DIR
+    for stale in (arm_root, out / "_arms"):  # _arms: where earlier versions put the arm runs
+        if stale.exists():
+            shutil.rmtree(stale)
     for old in out.glob(f"events.out.tfevents.*{LAYOUT_SUFFIX}"):
         old.unlink()
     for i, arm in enumerate(arms):
@@ -103,7 +115,15 @@ def write_tensorboard(arms: list[Arm], out: Path) -> Path:
                 w.file_writer.add_summary(Summary(value=per_step[s]), s)
         w.add_text("arm", f"{arm.label}: {len(arm.runs)} runs, seeds {arm.seeds}", 0)
         w.close()
+    w = SummaryWriter(log_dir=str(arm_root), filename_suffix=LAYOUT_SUFFIX)
+    w.add_custom_scalars(arm_layout())
+    w.close()
     w = SummaryWriter(log_dir=str(out), filename_suffix=LAYOUT_SUFFIX)
     w.add_custom_scalars(layout())
     w.close()
     return arm_root
+
+
+def tensorboard_command(logdir: Path) -> str:
+    """The exact command, with the venv's TensorBoard and every scalar point kept."""
+    return f".venv/bin/tensorboard --logdir {logdir} --samples_per_plugin scalars=100000"
