@@ -461,3 +461,28 @@ def test_plot_schedules_normalises_an_overlay_and_writes_outputs_by_default(tmp_
     assert Image.open(tmp_path / "s.png").size[0] >= 800
     source = Path(mod.__file__).read_text()
     assert 'default=str(ROOT / "outputs" / "schedules.png")' in source  # the tracked gallery only when asked
+
+
+def test_the_percentile_bootstrap_agrees_with_scipys_where_they_overlap():
+    """On a plain mean (no selection) our paired-seed percentile bootstrap and
+    scipy.stats.bootstrap(method='percentile') estimate the same quantiles."""
+    from scipy import stats as st
+
+    x = np.random.default_rng(3).normal(1.0, 2.0, 40)
+    ours = bootstrap_mean(x, n_boot=20000, seed=1)
+    ref = st.bootstrap((x,), np.mean, n_resamples=20000, method="percentile", confidence_level=0.95,
+                       random_state=np.random.default_rng(2)).confidence_interval
+    se = x.std(ddof=1) / math.sqrt(len(x))
+    assert abs(ours.lo - ref.low) < 0.1 * se and abs(ours.hi - ref.high) < 0.1 * se
+
+
+def test_t_and_wilson_intervals_are_scipys():
+    from scipy import stats as st
+
+    x = [0.1, 0.4, 0.35, 0.2, 0.5]
+    lo, hi = st.t.interval(0.95, 4, loc=np.mean(x), scale=st.sem(x))
+    ti = t_interval(x)
+    assert (ti.lo, ti.hi) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+    ci = st.binomtest(2, 7).proportion_ci(method="wilson")
+    w = wilson(2, 7)
+    assert (w.lo, w.hi) == (pytest.approx(ci.low, abs=1e-12), pytest.approx(ci.high, abs=1e-12))

@@ -150,7 +150,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
         optimizer = build_optimizer(cfg.optimizer, model)
         fastpath.apply(model, optimizer, tr, device, is_image=len(data.spec.input_shape) == 3)
         writer = RunWriter(run_dir, purge_step=state["purge_step"] if state is not None else None)
-        extra = {"resolved.total_steps": steps, "resolved.steps_per_epoch": sampler_steps,
+        extra = {"trainer.device": str(device),  # the device the run used, not "auto"
+                 "resolved.total_steps": steps, "resolved.steps_per_epoch": sampler_steps,
                  "resolved.params": sum(p.numel() for p in model.parameters()),
                  **{f"resolved.{k}": v for k, v in schedule.info().items()}}
         writer.start_hparams(flat_hparams(cfg, extra))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import time
 from pathlib import Path
 
@@ -56,17 +58,67 @@ def group_keys(group: str) -> set[str]:
     return keys
 
 
+@functools.lru_cache(maxsize=None)
+def string_keys() -> frozenset[str]:
+    """Knobs whose YAML default, in some option, is a string (or a list: logged as text); every
+    other knob is a number or a boolean, so a missing or null value of it is logged as NaN, not
+    text that would turn its HParams column into strings."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    keys: set[str] = {"trainer.device", "data.path"}
+    for group in HPARAM_GROUPS:
+        folder = conf_dir() / group
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            flat: dict = {}
+            node = yaml.load(path.read_text(), Loader=loader) or {}
+            _flatten({k: v for k, v in node.items() if k != "defaults"}, group, flat)
+            keys.update(k for k, v in flat.items() if isinstance(v, (str, list)))
+    return frozenset(keys)
+
+
+@functools.lru_cache(maxsize=None)
+def resolved_keys() -> frozenset[str]:
+    """``resolved.<key>`` of every schedule's ``info()`` (built once at its defaults), so the
+    resolved columns are the same in every run too."""
+    from .schedules import SCHEDULES, build_schedule
+
+    keys: set[str] = set()
+    for name in SCHEDULES:
+        try:
+            sched = build_schedule({"name": name}, total_steps=1000,
+                                   optimizer_cfg={"name": "adamw", "lr": 1.0, "betas": [0.9, 0.999]})
+        except Exception:  # noqa: BLE001 - a schedule with a required knob: its keys come with its runs
+            continue
+        keys.update(f"resolved.{k}" for k in sched.info())
+    return frozenset(keys | {"resolved.total_steps", "resolved.steps_per_epoch", "resolved.params"})
+
+
 def flat_hparams(cfg: DictConfig, extra: dict | None = None) -> dict:
     """The run's config as flat ``group.key`` scalars plus ``extra`` (resolved values such as
-    warmup steps), padded with ``"n/a"`` for knobs that other options of a group have."""
+    warmup steps, the device the run used), padded so every run has the same key set: knobs
+    that other options of a group have, and every schedule's resolved keys. A missing or null
+    value is NaN for numeric and boolean knobs (so their columns stay numeric) and ``"n/a"`` or
+    ``"null"`` for string ones."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     flat: dict = {"seed": resolved.get("seed")}
     for group in HPARAM_GROUPS:
         _flatten(resolved.get(group, {}), group, flat)
         for key in group_keys(group):
-            flat.setdefault(key, "n/a")
+            flat.setdefault(key, _MISSING)
     flat.update(extra or {})
-    return {k: _as_hparam(v) for k, v in sorted(flat.items())}
+    for key in resolved_keys():
+        flat.setdefault(key, _MISSING)
+    text = string_keys()
+    out = {}
+    for k, v in sorted(flat.items()):
+        if v is _MISSING:
+            v = "n/a" if k in text else math.nan
+        elif v is None:
+            v = "null" if k in text else math.nan
+        out[k] = _as_hparam(v)
+    return out
+
+
+_MISSING = object()
 
 
 def _after_existing_files(run_dir: Path) -> None:
@@ -131,3 +183,82 @@ class RunWriter:
             self.writer.close()
         except Exception:  # noqa: BLE001 - the pending events are lost with the disk space
             pass
+
+
+# -- one HParams experiment per sweep ---------------------------------------------------------
+HPARAMS_SUFFIX = ".hparams"
+
+
+def sweep_experiment(rows: list[dict]) -> "Summary":
+    """The hparams plugin's experiment for a sweep, from each run's flat hparams (``rows``):
+    every key once, the keys that vary first (``differs``, which the dashboard sorts first), each
+    with its type (float where every value is a number, bool, else string) and its domain (the
+    values the sweep has, or their range above 12 values), then :data:`HPARAM_METRICS`."""
+    from google.protobuf import struct_pb2
+    from tensorboard.compat.proto.summary_pb2 import SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    keys = sorted({k for r in rows for k in r})
+    infos = []
+    for k in keys:
+        vals = [r.get(k) for r in rows]
+        real = [v for v in vals if not (isinstance(v, float) and math.isnan(v)) and v not in ("n/a", "null", None)]
+        distinct = sorted({repr(v) for v in vals})
+        info = api_pb2.HParamInfo(name=k, differs=len(distinct) > 1)
+        if real and all(isinstance(v, bool) for v in real):
+            info.type = api_pb2.DATA_TYPE_BOOL
+        elif real and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in real):
+            info.type = api_pb2.DATA_TYPE_FLOAT64
+            nums = sorted({float(v) for v in real})
+            if len(nums) <= 12:
+                info.domain_discrete.CopyFrom(struct_pb2.ListValue(values=[struct_pb2.Value(number_value=x) for x in nums]))
+            else:
+                info.domain_interval.CopyFrom(api_pb2.Interval(min_value=nums[0], max_value=nums[-1]))
+        else:
+            info.type = api_pb2.DATA_TYPE_STRING
+            texts = sorted({str(v) for v in vals if v is not None})
+            if len(texts) <= 12:
+                info.domain_discrete.CopyFrom(struct_pb2.ListValue(values=[struct_pb2.Value(string_value=x) for x in texts]))
+        infos.append(info)
+    infos.sort(key=lambda i: (not i.differs, i.name))
+    exp = api_pb2.Experiment(hparam_infos=infos,
+                             metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=m)) for m in HPARAM_METRICS])
+    content = plugin_data_pb2.HParamsPluginData(experiment=exp, version=metadata.PLUGIN_DATA_VERSION)
+    smd = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME,
+                                                                 content=content.SerializeToString()))
+    return Summary(value=[Summary.Value(tag=metadata.EXPERIMENT_TAG, metadata=smd)])
+
+
+def write_sweep_experiment(sweep_dir: Path, run_dirs: list[Path]) -> Path | None:
+    """Write :func:`sweep_experiment` of the runs' composed configs (``.hydra/config.yaml``) as
+    the sweep root's own event file (suffix ``.hparams``), replacing an earlier one. Each run
+    keeps its own session in its directory."""
+    import warmup_lab  # noqa: F401  (resolvers used by presets)
+
+    rows = []
+    for d in run_dirs:
+        cfg_path = Path(d) / ".hydra" / "config.yaml"
+        if not cfg_path.is_file():
+            continue
+        try:
+            row = flat_hparams(OmegaConf.load(cfg_path))
+        except Exception:  # noqa: BLE001 - a config this code cannot resolve: left out of the columns
+            continue
+        from .runinfo import read_json
+
+        meta, metrics = read_json(Path(d) / "run_meta.json") or {}, read_json(Path(d) / "metrics.json") or {}
+        if meta.get("device"):  # what the run's own session says: the device it used
+            row["trainer.device"] = str(meta["device"])
+        for key in ("total_steps", "warmup_steps"):
+            if isinstance(metrics.get(key), (int, float)):
+                row[f"resolved.{key}"] = metrics[key]
+        rows.append(row)
+    if not rows:
+        return None
+    sweep_dir = Path(sweep_dir)
+    for old in sweep_dir.glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"):
+        old.unlink()
+    w = SummaryWriter(log_dir=str(sweep_dir), filename_suffix=HPARAMS_SUFFIX)
+    w.file_writer.add_summary(sweep_experiment(rows))
+    w.close()
+    return next(sweep_dir.glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"), None)

@@ -37,6 +37,7 @@ from omegaconf import OmegaConf
 from warmup_lab.analysis.claimspec import ClaimError
 from warmup_lab.progress import SweepProgress
 from warmup_lab.runinfo import write_json
+from warmup_lab.tb import write_sweep_experiment
 from warmup_lab.study import Study
 from warmup_lab.sweeps import (IGNORED_OVERRIDES, SweepStop, format_summary, job_dirs, plan_resume,
                                run_status, summarize)
@@ -112,6 +113,10 @@ class ResumableSweeper(BasicSweeper):
         summary = summarize(records, self.ignore_overrides, self.arm_ignore)
         summary["sweep_dir"] = str(sweep_dir)
         write_json(sweep_dir / "sweep_status.json", summary)
+        try:  # one HParams experiment for the sweep: its swept keys first, typed (tb.py)
+            write_sweep_experiment(sweep_dir, job_dirs(sweep_dir))
+        except Exception as err:  # noqa: BLE001 - the dashboard's column order is not worth a failed sweep
+            log.warning("could not write the sweep's HParams experiment: %s", err)
         skipped = sum(r.get("action") == "skip" for r in records)
         for line in format_summary(summary, skipped):
             print(line, flush=True)

@@ -1,4 +1,5 @@
-"""Intervals for means and paired differences over seeds (numpy; scipy only for t quantiles).
+"""Intervals for means and paired differences over seeds (scipy's t and Wilson intervals; our
+own paired-seed bootstrap, which redoes a selection inside every resample).
 
 Small seed counts are the norm here (3-5), and a percentile bootstrap over 3 seeds has only 10
 distinct resamples: its interval is too narrow. Every effect is therefore given two 95%
@@ -60,8 +61,10 @@ def t_interval(x: Sequence[float], level: float = LEVEL) -> Interval:
     if n < 2:
         return Interval(m, None, None, n, level, "t")
     se = float(a.std(ddof=1)) / math.sqrt(n)
-    h = float(_st.t.ppf(0.5 + level / 2, n - 1)) * se
-    return Interval(m, m - h, m + h, n, level, "t")
+    if se == 0:
+        return Interval(m, m, m, n, level, "t")
+    lo, hi = _st.t.interval(level, n - 1, loc=m, scale=se)  # scipy's t-interval of the mean
+    return Interval(m, float(lo), float(hi), n, level, "t")
 
 
 def bootstrap(stat: Callable[[np.ndarray], float], n_units: int, level: float = LEVEL,
@@ -138,14 +141,10 @@ def wilson(k: int, n: int, level: float = LEVEL) -> Interval:
     """Wilson score interval of a proportion ``k / n`` (divergence and failure rates)."""
     if n == 0:
         return Interval(None, None, None, 0, level, "wilson")
-    z = float(_st.norm.ppf(0.5 + level / 2))
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    ci = _st.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    lo, hi = float(ci.low), float(ci.high)
     lo, hi = (0.0 if lo < 1e-12 else lo), (1.0 if hi > 1 - 1e-12 else hi)  # float noise at the ends
-    return Interval(p, lo, hi, n, level, "wilson")
+    return Interval(k / n, lo, hi, n, level, "wilson")
 
 
 def summarize(x: Sequence[float], level: float = LEVEL) -> dict:
