@@ -160,3 +160,25 @@ def test_in_a_sweep_a_bad_job_fails_alone_and_an_all_bad_sweep_exits_nonzero(tmp
                              f"hydra.sweep.dir={tmp_path / 'b'}", "trainer.device=cpu"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert allbad.returncode == 1 and "every job of the sweep failed" in allbad.stderr, allbad.stderr[-2000:]
+
+
+@pytest.mark.parametrize("argv", [
+    ["experiment=postln_needs_warmup_gpu", "model.n_layers=4"],          # a preset that inherits its choices
+    ["experiment=warmup_fraction_gpu", "data.context_length=64"],
+    ["+arm=adamw_warmup10pct", "optimizer.betas=[0.9,0.98]"],            # an arm preset picks adamw
+    ["-m", "experiment=warmup_fraction,postln_needs_warmup", "model.n_layers=2"],
+    ["optimizer=adam", "+optimizer.amsgrad=true"],                       # a torch keyword no YAML sets
+    ["hydra.launcher.n_jobs=2"], ["~trainer.metrics"], ["data=bytes", "data.path=null"], ["-m", "seed=range(0,4)"],
+], ids=lambda a: " ".join(a))
+def test_valid_overrides_pass_the_command_line_check(argv):
+    check_command_line(argv)
+
+
+def test_a_claim_file_reads_numbers_as_hydra_does(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-3 as a string; claim files are read like Hydra's YAML."""
+    from warmup_lab.analysis.claimspec import load_claim
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\nstatement: s\narms: {a: {optimizer.lr: 1e-3}, b: {optimizer.lr: 3e-3}}\n"
+                    "parts: [{effect: a - b, rule: greater, reduce: mean}]\n")
+    assert load_claim(str(path)).arms["a"]["optimizer.lr"] == (0.001,)

@@ -102,6 +102,25 @@ def selected_options(group: str, parsed) -> list[str] | None:
 
 
 @functools.lru_cache(maxsize=None)
+def schema_keys(group: str, option: str | None = None) -> frozenset[str]:
+    """Knobs the schema table accepts for the group's options (or the one option): torch's own
+    keyword arguments such as ``optimizer.amsgrad`` are knobs although no YAML file sets them."""
+    from .schema import SCHEMA
+
+    table = SCHEMA.get(group, {})
+    if option is not None:
+        target = None
+        path = CONF / group / f"{option}.yaml"
+        if path.is_file():
+            node = yaml.safe_load(path.read_text()) or {}
+            target = node.get("_target_")
+        tables = [table.get(target, {})]
+    else:
+        tables = list(table.values())
+    return frozenset(f"{group}.{k}" for t in tables for k in t)
+
+
+@functools.lru_cache(maxsize=None)
 def top_keys() -> set[str]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     node = yaml.load((CONF / "train.yaml").read_text(), Loader=loader) or {}
@@ -172,18 +191,21 @@ def check_command_line(argv: list[str]) -> None:
                                       f"{_closest(str(v), allowed)}")
             continue
         if head in KEY_GROUPS:
-            known = group_keys(head)
+            known = group_keys(head) | schema_keys(head)
             if key not in known:
                 sign = "+" if o.is_add() else ""
                 what = (f"{sign}{key}: no option of {head} has this knob, so nothing would read it" if o.is_add()
                         else f"{key} is not a knob of any {head} option")
                 raise ConfigError(f"{what}{_closest(key, known)} (python train.py --cfg job shows the composed config)")
-            chosen = selected_options(head, parsed) or []
+            # option-specific checks only where the command line itself picks the option: a preset
+            # (experiment=, +arm=, local) may select another one, through its own defaults chain
+            presets = any(o2.key_or_group.split("@")[0] in ("experiment", "arm", "local") for o2 in parsed)
+            chosen = (selected_options(head, parsed) or []) if not presets else []
             for option in chosen:
                 keys = option_keys(head, option)
                 if keys is None or o.is_force_add():
                     continue
-                if key not in keys and not o.is_add():
+                if key not in keys | schema_keys(head, option) and not o.is_add():
                     owners = [x for x in options(head) if key in (option_keys(head, x) or set())]
                     raise ConfigError(f"{key} is not a knob of {head}={option}: it belongs to "
                                       f"{head}={'|'.join(owners)}; choose one of those options")

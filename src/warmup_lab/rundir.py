@@ -61,6 +61,10 @@ class RunDirLock:
             if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise RunDirBusy(f"{self.run_dir} is in use by {holder_text(self.path)}: one writer per run "
                                  f"directory; wait for it to end or stop it first") from None
+            if err.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                print(f"warning: {self.run_dir}: this filesystem has no file locks ({err.strerror}); "
+                      f"running without the one-writer guard", file=sys.stderr, flush=True)
+                return self
             raise
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),

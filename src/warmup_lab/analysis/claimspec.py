@@ -202,6 +202,8 @@ def parse_claim(node, source: str = "claim") -> ClaimSpec:
     metric = node.get("metric", DEFAULT_METRIC)
     _text(metric, f"{where}: metric")
     claim_reduce = node.get("reduce")
+    if not isinstance(metric, str):
+        raise ClaimError(f"{where}: metric={metric!r} is invalid: must be a metrics.json key or a reducer name")
     if metric in reducers:  # `metric: lr_sensitivity`: a reducer over the default loss
         claim_reduce, metric = claim_reduce or metric, DEFAULT_METRIC
     margin = _number(node.get("margin", DEFAULT_MARGIN), f"{where}: margin", 0.0)
@@ -243,7 +245,7 @@ def parse_claim(node, source: str = "claim") -> ClaimSpec:
                 if len(arms[a][k]) < 2:
                     raise ClaimError(f"{where}: best_over of arm {a} names {k}, which the arm fixes to "
                                      f"{arms[a][k][0]!r}: list several values or drop it from best_over")
-    if claim_reduce is not None and claim_reduce not in reducers:
+    if claim_reduce is not None and (not isinstance(claim_reduce, str) or claim_reduce not in reducers):
         raise ClaimError(f"{where}: reduce={claim_reduce} is invalid: allowed {', '.join(reducers)}")
 
     parts: list[PartSpec] = []
@@ -292,7 +294,7 @@ def _parse_part(p, where: str, arms: dict, metric: str, reduce: str, margin: flo
     if not used:
         raise ClaimError(f"{where}.effect={effect!r} is invalid: it names no arm")
     rule = p.get("rule")
-    if rule not in RULES:
+    if not isinstance(rule, str) or rule not in RULES:
         raise ClaimError(f"{where}.rule={rule!r} is invalid: allowed {', '.join(RULES)}")
     name = _text(p.get("name"), f"{where}.name", False) or f"{effect} ({rule})"
     pid = _text(p.get("id"), f"{where}.id", False) or name
@@ -301,13 +303,13 @@ def _parse_part(p, where: str, arms: dict, metric: str, reduce: str, margin: flo
     red = p.get("reduce", reduce)
     if m in reducers and m != "best":
         red, m = m, metric
-    if red not in reducers:
+    if not isinstance(red, str) or red not in reducers:
         raise ClaimError(f"{where}.reduce={red!r} is invalid: allowed {', '.join(reducers)}")
     transform = p.get("transform")
-    if transform not in TRANSFORMS:
+    if not (transform is None or isinstance(transform, str)) or transform not in TRANSFORMS:
         raise ClaimError(f"{where}.transform={transform!r} is invalid: allowed null, log10")
     failures = p.get("failures", "l0" if m.endswith("loss") else "keep")
-    if failures not in FAILURES:
+    if not isinstance(failures, str) or failures not in FAILURES:
         raise ClaimError(f"{where}.failures={failures!r} is invalid: allowed {', '.join(FAILURES)}")
     primary = p.get("primary", not is_context)
     if not isinstance(primary, bool):
@@ -341,8 +343,15 @@ def preset_names() -> list[str]:
 
 
 def _read_yaml(path: Path):
+    """The file's YAML as plain data, read as OmegaConf (and Hydra) read it: YAML 1.2 numbers, so
+    ``1e-3`` is a float in a claim file exactly as in an experiment preset; interpolations stay text."""
+    from omegaconf import OmegaConf
+
     try:
-        return yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_text()
+        yaml.safe_load(text)  # a syntax error: reported with its line below
+        node = OmegaConf.create(text)
+        return OmegaConf.to_container(node, resolve=False)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark is not None else ""

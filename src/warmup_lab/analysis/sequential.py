@@ -146,14 +146,16 @@ def judge(spec: ClaimSpec, runs: list[Run], design: Design, first: list[int], n_
     n_looks = max(1, min(n_looks, len(design.looks)))
     from .arms import initial_loss
 
-    l0 = initial_loss(runs) if l0 is None else l0
     frozen: dict[str, tuple[Part, int]] = {}
     looks = []
     last = None
     for j in range(n_looks):
         seeds = set(seeds_through(first, design, j))
         sub = [r for r in runs if r.seed in seeds]
-        res = evaluate_claim(spec, sub, n_boot=n_boot, alpha=alphas[j], alpha_other=design.alpha, l0=l0)
+        # L0 of this look's own runs: a look judged again later (a new round, analyze.py) sees
+        # exactly the data it saw the first time, so a decision made there stays made
+        res = evaluate_claim(spec, sub, n_boot=n_boot, alpha=alphas[j], alpha_other=design.alpha,
+                             l0=initial_loss(sub) if l0 is None else l0)
         for p in res.parts:
             if (p.primary or p.context) and p.id not in frozen and p.verdict in (SUPPORTED, CONTRADICTED):
                 frozen[p.id] = (p, j)
