@@ -14,13 +14,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write then rename, so a reader never sees a half-written file."""
+def write_json(path: Path, data: dict, default=str) -> None:
+    """Write then rename, so a reader never sees a half-written file; ``default`` serialises
+    what JSON does not know (numpy numbers, say)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
+            json.dump(data, f, indent=2, default=default)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:  # a full disk, a signal: no 0-byte temp file stays behind

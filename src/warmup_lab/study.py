@@ -18,11 +18,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .analysis.claimspec import ClaimError, ClaimSpec, load_claim
+from .analysis.sequential import STUDY_FILE
 from .progress import fmt_duration
+from .sweeps import FINISHED
 from .runinfo import read_json, write_json
 
-STUDY_FILE = "study.json"
-RESULT_STATUSES = ("completed", "diverged")
 
 
 def _seed_of(job: list[str]) -> int | None:
@@ -107,7 +107,7 @@ class Study:
         if not self.state:
             self.state = {"claim": self.spec.name, "design": self.design.as_dict(), "first_seeds": self.first,
                           "rounds": [], "stopped": None}
-        runs = [r for r in load_runs([sweep_dir], curves=False) if r.status in RESULT_STATUSES]
+        runs = [r for r in load_runs([sweep_dir], curves=False) if r.status in FINISHED]
         res = judge(self.spec, runs, self.design, self.first, n_looks=look + 1)
         self.elapsed += wall
         verdicts = {p.id: p.verdict for p in res.parts if p.primary or p.context}

@@ -47,15 +47,21 @@ def group_keys(group: str) -> set[str]:
     every run logs the same hparam key set (the dashboard takes its columns from one run). Only
     keys matter, so plain YAML (libyaml when present) reads them: 4 ms for all groups against
     50 ms through OmegaConf, paid at every start-up."""
+    return {k for flat in option_defaults(group) for k in flat}
+
+
+@functools.lru_cache(maxsize=None)
+def option_defaults(group: str) -> tuple[dict, ...]:
+    """Each option file of ``conf/<group>/`` as flat ``group.key`` defaults, read once."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    keys: set[str] = set()
+    out = []
     folder = conf_dir() / group
     for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
         flat: dict = {}
         node = yaml.load(path.read_text(), Loader=loader) or {}
         _flatten({k: v for k, v in node.items() if k != "defaults"}, group, flat)
-        keys.update(flat)
-    return keys
+        out.append(flat)
+    return tuple(out)
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,15 +69,9 @@ def string_keys() -> frozenset[str]:
     """Knobs whose YAML default, in some option, is a string (or a list: logged as text); every
     other knob is a number or a boolean, so a missing or null value of it is logged as NaN, not
     text that would turn its HParams column into strings."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    keys: set[str] = {"trainer.device", "data.path"}
+    keys = {"trainer.device", "data.path"}
     for group in HPARAM_GROUPS:
-        folder = conf_dir() / group
-        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-            flat: dict = {}
-            node = yaml.load(path.read_text(), Loader=loader) or {}
-            _flatten({k: v for k, v in node.items() if k != "defaults"}, group, flat)
-            keys.update(k for k, v in flat.items() if isinstance(v, (str, list)))
+        keys.update(k for flat in option_defaults(group) for k, v in flat.items() if isinstance(v, (str, list)))
     return frozenset(keys)
 
 

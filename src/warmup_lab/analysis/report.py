@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections import Counter
@@ -15,13 +14,14 @@ from .arms import Arm, absent_keys, group_arms, initial_loss, run_loss, run_sett
 from .claims import DEFAULT_METRIC, ClaimResult, claims_in, evaluate_claim, with_overrides
 from .claims import __doc__ as CLAIMS_DOC
 from .claimspec import load_claim
+from ..runinfo import read_json, write_json
 from .load import Run, load_runs
 from .power import plan_part, plan_text
-from .sequential import Design
+from .sequential import STUDY_FILE, Design
+from ..sweeps import FINISHED
 from .tblayout import ARM_DIR, tensorboard_command, write_tensorboard
 
-RESULT_STATUSES = ("completed", "diverged")
-STUDY_FILE = "study.json"   # a sequential study's design and rounds, written by the sweeper
+RESULT_STATUSES = FINISHED  # a crash, a bad config or an unfinished run is not a result
 RUN_FIELDS = ("status", "failed", "failure", "peak_lr", "warmup_steps", "total_steps", "steps",
               "diverged_step", "initial_train_loss", "final_train_loss", "final_val_loss", "best_val_loss",
               "final_val_acc", "train_loss_auc", "early_jitter", "early_mean_abs_change", "early_loss_std",
@@ -182,11 +182,7 @@ def judge_claims(runs: list[Run], refs: list, design_state: dict | None, metric:
 
 
 def read_study_state(sweep_dir: Path) -> dict | None:
-    path = Path(sweep_dir) / STUDY_FILE
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except ValueError:
-        return None
+    return read_json(Path(sweep_dir) / STUDY_FILE)
 
 
 def analyze(sweep_dirs, out: Path | None = None, claims: list | None = None, metric: str | None = None,
@@ -289,18 +285,8 @@ def analyze(sweep_dirs, out: Path | None = None, claims: list | None = None, met
                "plans": plans if plan else None,
                "files": ["report.md", "runs.csv", "arms.csv"] + [p.name for p in figs.values()],
                "tensorboard": tensorboard_command(out / ARM_DIR) if tensorboard else None}
-    write_json_atomic(out / "verdicts.json", summary)
+    write_json(out / "verdicts.json", summary, default=_json_default)
     return summary
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write then rename, so a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _json_default(o):

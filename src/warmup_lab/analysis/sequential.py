@@ -38,6 +38,7 @@ from .claimspec import ClaimError, ClaimSpec
 from .load import Run
 
 SPENDING = ("obrien_fleming", "pocock")
+STUDY_FILE = "study.json"  # a sequential study's design and rounds in its sweep directory (study.py writes it)
 
 
 def spent(t: float, alpha: float, kind: str) -> float:
