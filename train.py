@@ -16,6 +16,7 @@ from warmup_lab.launch import assign_gpu
 from warmup_lab.run import record_failure, run
 from warmup_lab.rundir import DiskFull, RunDirBusy
 from warmup_lab.sweeps import latest_run, request_stop, stop_requested
+from warmup_lab.tb import view_hint
 from warmup_lab.validate import ConfigError
 
 
@@ -33,7 +34,7 @@ def main(cfg: DictConfig) -> dict:
     elif cfg.trainer.resume:
         run_dir = resume_dir(cfg, hc, run_dir)
     try:
-        metrics = run(cfg, run_dir)
+        metrics = run(cfg, run_dir, in_sweep=multirun)
     except RunDirBusy as err:  # another writer owns the directory: write nothing into it
         print(f"error: {err}", file=sys.stderr)
         if multirun:
@@ -72,7 +73,7 @@ def main(cfg: DictConfig) -> dict:
     print(f"{metrics['status']}: {metrics['steps']} steps"
           + (f", val loss {loss:.4f}" if loss is not None else "") + (f", val acc {acc:.4f}" if acc is not None else "")
           + f", {metrics.get('wall_time_s', 0):.1f} s\nrun directory: {run_dir} (train.log, metrics.json, events)"
-          + f"\nview: .venv/bin/tensorboard --logdir {run_dir} --samples_per_plugin scalars=100000")
+          + "\n" + view_hint(run_dir))
     return metrics
 
 

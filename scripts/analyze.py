@@ -58,7 +58,7 @@ def main(argv=None) -> int:
                 print(("  " if pl["primary"] else "  (supplementary) ") + plan_text(pl))
     print(f"{summary['n_runs']} runs, {summary['n_arms']} arms -> {Path(summary['out']) / 'report.md'}")
     if summary.get("tensorboard"):
-        print(f"arms in TensorBoard: {summary['tensorboard']}")
+        print(f"arms in TensorBoard: {summary['tensorboard']}   then open {summary['tensorboard_url']}")
     return 0
 
 

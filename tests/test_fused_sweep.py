@@ -78,7 +78,7 @@ def test_fused_run_dirs_hold_every_tag_of_a_run_alone(tmp_path, extra):
         alone = run(cfg, tmp_path / f"a{k}")
         assert set(fused[k]) - set(alone) == {"fused"} and set(alone) <= set(fused[k])
         sa, sf = read_scalars(tmp_path / f"a{k}"), read_scalars(tmp_path / f"f{k}")
-        assert set(sa) == set(sf) and any(t.startswith("train/layer/update_ratio/") for t in sf)
+        assert set(sa) == set(sf) and any(t.startswith("layer/update_ratio/") for t in sf)
         assert any(t.startswith("train/adam/") for t in sf) == ("optimizer=adamw" in extra)
         for tag, points in sa.items():
             assert [s for s, _ in sf[tag]] == [s for s, _ in points], tag

@@ -23,7 +23,7 @@ def steps_without_sync(trainer, n: int) -> None:
         torch.cuda.set_sync_debug_mode("default")
 
 
-# Per-layer metrics (train/layer/*, and Adam's effective-step quantiles) are due at the first step
+# Per-layer metrics (layer/*, and Adam's effective-step quantiles) are due at the first step
 # of the no-sync window (layer_interval = log_interval).
 FAST_PATHS = {
     "fp32": [],

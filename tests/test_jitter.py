@@ -82,11 +82,11 @@ def test_update_ratio_and_layer_stats_match_a_manual_step():
     assert ratio.item() == pytest.approx(expected.item(), rel=1e-5)
     [(step, stats)] = tracker.pending_layer_stats()
     assert step == 0
-    assert stats["train/layer/grad_norm/0.weight"] == pytest.approx(grads[0], rel=1e-5)
+    assert stats["layer/grad_norm/0.weight"] == pytest.approx(grads[0], rel=1e-5)
     w = named[2][1]
     upd = (w.detach() - before[2]).norm() / before[2].norm()
-    assert stats["train/layer/update_ratio/1.weight"] == pytest.approx(upd.item(), rel=1e-5)
-    assert "train/layer/grad_norm/0.bias" not in stats  # per layer = tensors with >= 2 dims
+    assert stats["layer/update_ratio/1.weight"] == pytest.approx(upd.item(), rel=1e-5)
+    assert "layer/grad_norm/0.bias" not in stats  # per layer = tensors with >= 2 dims
     # Adam: after one step v_hat = g^2, so the effective step is lr / (|g| + eps)
     g = torch.cat([p.grad.flatten() for _, p in named]).abs()
     eff = 0.1 / (g + 1e-8)
@@ -129,7 +129,7 @@ def test_update_ratio_snapshot_paths_agree_with_the_definition(layout):
     assert (tracker._views is None) == (layout == "mixed_dtypes")
     assert ratios == pytest.approx(expected, rel=1e-5)
     layer = dict(tracker.pending_layer_stats())
-    assert layer[2]["train/layer/update_ratio/0.weight"] > 0  # per layer on layer steps (0, 2)
+    assert layer[2]["layer/update_ratio/0.weight"] > 0  # per layer on layer steps (0, 2)
 
 
 class _ToDouble(torch.nn.Module):
@@ -207,7 +207,7 @@ def test_trainer_logs_jitter_at_every_step_and_layers_at_the_interval(tmp_path):
     assert np.allclose([v for _, v in sc["jitter/loss_std"]], J.rolling_std(loss, 4).numpy(), atol=1e-5)
     assert np.allclose([v for _, v in sc["jitter/spike_ratio"]], J.spike_ratio(loss).numpy(), rtol=1e-5)
     assert all(v > 0 for _, v in sc["train/update_ratio"])
-    layer = [t for t in sc if t.startswith("train/layer/update_ratio/")]
+    layer = [t for t in sc if t.startswith("layer/update_ratio/")]
     assert layer and all([s for s, _ in sc[t]] == [0, 4, 8] for t in layer)
     assert [s for s, _ in sc["train/adam/eff_lr_p50"]] == [0, 4, 8]
     saved = json.loads((tmp_path / "metrics.json").read_text())
@@ -222,7 +222,7 @@ def test_metrics_can_be_switched_off(tmp_path):
     cfg = compose_cfg("trainer.metrics.update_ratio=false", "trainer.metrics.layers=false")
     run(cfg, tmp_path)
     sc = read_scalars(tmp_path)
-    assert "train/update_ratio" not in sc and not [t for t in sc if t.startswith("train/layer/")]
+    assert "train/update_ratio" not in sc and not [t for t in sc if t.startswith("layer/")]
     assert "jitter/loss_std" in sc
 
 

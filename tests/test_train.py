@@ -9,7 +9,10 @@ import pytest
 
 from conftest import (TINY_BYTES, TINY_TRANSFORMER, compose_cfg, read_scalars, run_cli,
                       write_tiny_cifar)
+from pathlib import Path
+
 from warmup_lab.run import run
+from warmup_lab.tb import HPARAM_METRICS, TIME_SERIES_FIRST, swept_keys, time_series_url
 
 MODEL_DATA = [
     ("resnet20", "digits", []),
@@ -43,7 +46,7 @@ def test_tensorboard_has_every_step_and_hparams_in_the_run_dir(tmp_path):
     assert [s for s, _ in scalars["train/lr"]] == list(range(9))
     assert [s for s, _ in scalars["val/loss"]] == [3, 6, 9]
     assert scalars["val/loss"][-1][1] == pytest.approx(metrics["final_val_loss"], rel=1e-6)
-    assert scalars["hparam/final_val_loss"][0][1] == pytest.approx(metrics["final_val_loss"], rel=1e-6)
+    assert scalars["summary/final_val_loss"][0][1] == pytest.approx(metrics["final_val_loss"], rel=1e-6)
     # one run = one directory: the hparams plugin data sits in this run's own event file (the
     # only subdirectory is checkpoints/, which holds no events)
     events = list(tmp_path.glob("events.out.tfevents.*"))
@@ -197,26 +200,107 @@ def test_a_sweep_writes_one_hparams_experiment_with_its_swept_keys_first_and_typ
                    "trainer.checkpoint_interval=null", "trainer.device=auto")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"judge it: make analyze SWEEP={sweep}" in proc.stdout
+    assert "pinnedCards=" in proc.stdout  # the Time Series page with train/loss, train/lr, val/* on top
     (exp_file,) = sweep.glob("events.out.tfevents.*.hparams")
     acc = EventAccumulator(str(sweep), size_guidance={"tensors": 0})
     acc.Reload()
     exp = metadata.parse_experiment_plugin_data(acc.PluginTagToContent("hparams")[metadata.EXPERIMENT_TAG])
-    names = [i.name for i in exp.hparam_infos]
-    varying = {"optimizer.name", "optimizer._target_", "optimizer.momentum", "optimizer.betas", "seed"} & set(names)
-    assert set(names[: len([i for i in exp.hparam_infos if i.differs])]) >= {"optimizer.name", "seed"}
-    assert all(i.differs for i in exp.hparam_infos[: len(varying) - 1])
     info = {i.name: i for i in exp.hparam_infos}
+    # swept on purpose: optimizer (its name) and seed; betas, momentum and the default lr follow the name
+    assert {k for k, i in info.items() if i.differs} == {"optimizer.name", "seed"}
+    assert [i.name for i in exp.hparam_infos][:2] == ["optimizer.name", "seed"]
+    assert not info["optimizer.lr"].differs and not info["optimizer.betas"].differs
     assert info["optimizer.momentum"].type == api_pb2.DATA_TYPE_FLOAT64  # not a string column
-    assert info["optimizer.lr"].type == api_pb2.DATA_TYPE_FLOAT64 and info["optimizer.lr"].differs
+    assert info["optimizer.lr"].type == api_pb2.DATA_TYPE_FLOAT64
     assert info["optimizer.name"].type == api_pb2.DATA_TYPE_STRING
     assert [v.string_value for v in info["optimizer.name"].domain_discrete.values] == ["adamw", "sgd"]
     assert info["trainer.device"].domain_discrete.values[0].string_value == "cpu"  # the device used, not auto
-    assert [m.name.tag for m in exp.metric_infos][0] == "hparam/final_val_loss"
+    assert [m.name.tag for m in exp.metric_infos][0] == "summary/final_val_loss"
     keysets = set()
     for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
         a = EventAccumulator(str(job), size_guidance={"tensors": 0})
         a.Reload()
-        ssi = metadata.parse_session_start_info_plugin_data(
-            a.PluginTagToContent("hparams")[metadata.SESSION_START_INFO_TAG])
+        tags = a.PluginTagToContent("hparams")
+        # one experiment per log dir: the dashboard takes the first it finds, so the jobs write none
+        assert metadata.EXPERIMENT_TAG not in tags
+        ssi = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
         keysets.add(frozenset(ssi.hparams))
-    assert len(keysets) == 1 and set(names) <= next(iter(keysets)) | set()
+    assert len(keysets) == 1 and set(info) <= next(iter(keysets))
+    served = _tensorboard_serves(sweep)  # what the dashboard gets from TensorBoard's own server
+    shown = [i["name"] for i in served["hparamInfos"]][:5]  # the frontend ticks the first five
+    assert shown[:2] == ["optimizer.name", "seed"], shown
+    assert [m["name"]["tag"] for m in served["metricInfos"]] == list(HPARAM_METRICS)
+
+
+def _tensorboard_serves(logdir: Path) -> dict:
+    """Start TensorBoard on ``logdir`` (a free port) and return the HParams experiment it serves."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port),
+                           "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/data/plugin/hparams/experiment",
+                                             data=b'{"experimentName": ""}',
+                                             headers={"Content-Type": "application/json"})
+                out = json.loads(urllib.request.urlopen(req, timeout=5).read())
+                if out.get("hparamInfos"):
+                    return out
+            except OSError:
+                pass
+            assert tb.poll() is None and time.monotonic() < deadline, "tensorboard did not serve the experiment"
+            time.sleep(0.5)
+    finally:
+        tb.terminate()
+        tb.wait(timeout=30)
+
+
+def test_swept_keys_are_the_knobs_varied_on_purpose_not_their_consequences():
+    def row(opt, lr, seed, sched="warmupcosine", ratio=0.1):
+        betas = "n/a" if opt == "sgd" else "[0.9, 0.999]"
+        return {"optimizer.name": opt, "optimizer.lr": lr, "optimizer.betas": betas, "seed": seed,
+                "scheduler.name": sched, "scheduler.warmup_ratio": ratio, "resolved.warmup_steps": round(ratio * 100),
+                "data.name": "digits", "optimizer.momentum": 0.9 if opt == "sgd" else math.nan}
+
+    defaults = [row(o, 0.1 if o == "sgd" else 1e-3, s) for o in ("sgd", "adamw") for s in (0, 1)]
+    assert swept_keys(defaults) == {"optimizer.name", "seed"}  # lr, betas, momentum follow the option
+    grid = [row(o, lr, 0) for o in ("sgd", "adamw") for lr in (0.05, 0.1)]
+    assert swept_keys(grid) == {"optimizer.name", "optimizer.lr"}  # lr is swept within each optimizer
+    arms = [row("adamw", 1e-3, s, ratio=r) for r in (0.0, 0.1, 0.25) for s in (0, 1)]
+    assert swept_keys(arms) == {"scheduler.warmup_ratio", "seed"}  # resolved steps follow the ratio
+    assert swept_keys([row("sgd", 0.1, 0)]) == set()
+
+
+def test_time_series_link_pins_what_a_user_opens_first_and_the_other_groups_come_after(tmp_path):
+    import json
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    from conftest import read_scalars
+
+    url = urlsplit(time_series_url())
+    cards = json.loads(unquote(parse_qs(url.query)["pinnedCards"][0]))
+    assert url.fragment == "timeseries" and [c["tag"] for c in cards] == list(TIME_SERIES_FIRST)
+    assert all(c["plugin"] == "scalars" for c in cards)
+    run_dir = tmp_path / "run"
+    run(compose_cfg("optimizer=adamw", "trainer.max_steps=6", "trainer.log_interval=2", "trainer.eval_interval=3",
+                    "model.width=4", "model.depth=8"), run_dir)
+    tags = set(read_scalars(run_dir))
+    assert set(TIME_SERIES_FIRST) <= tags  # every pinned card has data
+    # TensorBoard's Time Series groups cards by the tag's first segment, groups sorted by name, the
+    # first two expanded: the per-layer statistics and the one-point summaries are neither there
+    # nor among train/loss and train/lr
+    groups = sorted({t.split("/", 1)[0] for t in tags})
+    assert "summary" not in groups[:2] and "layer" in groups and len(groups) >= 4, groups
+    train = sorted(t for t in tags if t.startswith("train/"))
+    assert len(train) <= 8 and {"train/loss", "train/lr"} <= set(train), train
+    assert any(t.startswith("layer/update_ratio/") for t in tags)

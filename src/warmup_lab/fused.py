@@ -255,9 +255,9 @@ class FusedOptimizer:
         per-layer update ratios (after :meth:`update_ratios`) and, for Adam, the quantiles of
         the effective per-coordinate step. Call it after :meth:`step`."""
         tiny = torch.finfo(self.flat.dtype).tiny
-        out = {f"train/layer/grad_norm/{self.names[i]}": self._grad_norms[i] for i in self.layer_idx}
+        out = {f"layer/grad_norm/{self.names[i]}": self._grad_norms[i] for i in self.layer_idx}
         if update_ratio:
-            out.update({f"train/layer/update_ratio/{self.names[i]}": self._d_norms[i] / self._p_norms[i].clamp(min=tiny)
+            out.update({f"layer/update_ratio/{self.names[i]}": self._d_norms[i] / self._p_norms[i].clamp(min=tiny)
                         for i in self.layer_idx})
         if self.exp_avg_sq is not None:
             v_hat = self.exp_avg_sq / (1 - self.betas[1] ** self.steps)

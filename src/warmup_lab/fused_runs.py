@@ -4,7 +4,7 @@ like any other runs (``launcher=fused``, docs/performance.md).
 
 Per run: TensorBoard events (``train/loss``, ``train/lr``, ``train/grad_norm``,
 ``train/update_ratio``, ``jitter/*``, ``val/loss``, ``val/acc``, ``train/diverged_at``), hparams
-with the same key set, per-layer ``train/layer/*`` and Adam ``train/adam/*`` every
+with the same key set, per-layer ``layer/*`` and Adam ``train/adam/*`` every
 ``layer_interval`` steps, ``metrics.json`` (the same keys, stability summary included, plus
 ``fused``: the group) and ``run_meta.json``. A run stops being logged at its first non-finite loss (``status:
 diverged``) while the others go on.
@@ -230,7 +230,7 @@ def _run_fused_locked(cfgs, dirs, k, tr, device, identities, digests, group) -> 
             extra = {"resolved.total_steps": steps, "resolved.steps_per_epoch": samplers[0].steps_per_epoch,
                      "resolved.params": per_run_params,
                      **{f"resolved.{key}": v for key, v in schedule.info().items()}}
-            writer.start_hparams(flat_hparams(cfg, extra))
+            writer.start_hparams(flat_hparams(cfg, extra), experiment=False)  # a sweep's
         step_fn = torch.compile(model) if tr.get("compile") else None
         trainer = LoggedFusedTrainer(model, optimizer, lrs, data, samplers, device=device,
                                      eval_interval=tr.eval_interval, log_interval=tr.log_interval,

@@ -276,7 +276,7 @@ class JitterTracker:
         if self.is_layer_step(step):
             idx = [i for i in self.layer_idx if self.params[i].grad is not None]
             norms = torch._foreach_norm([self.params[i].grad for i in idx]) if idx else []
-            self._layer_grads = {f"train/layer/grad_norm/{self.names[i]}": g for i, g in zip(idx, norms)}
+            self._layer_grads = {f"layer/grad_norm/{self.names[i]}": g for i, g in zip(idx, norms)}
 
     @torch.no_grad()
     def after_step(self, step: int) -> torch.Tensor | None:
@@ -305,7 +305,7 @@ class JitterTracker:
         if self.tracks_update:
             tiny = torch.finfo(torch.float32).tiny
             for i in self.layer_idx:
-                stats[f"train/layer/update_ratio/{self.names[i]}"] = d_norms[i] / p_norms[i].clamp(min=tiny)
+                stats[f"layer/update_ratio/{self.names[i]}"] = d_norms[i] / p_norms[i].clamp(min=tiny)
         for k, v in effective_step_stats(self.optimizer).items():
             stats[f"train/adam/eff_lr_{k}"] = v
         if stats:

@@ -66,7 +66,7 @@ def total_steps(cfg: DictConfig, steps_per_epoch: int) -> int:
     return int(cfg.trainer.epochs) * steps_per_epoch
 
 
-def run(cfg: DictConfig, run_dir: str | Path) -> dict:
+def run(cfg: DictConfig, run_dir: str | Path, in_sweep: bool = False) -> dict:
     """Train once and write ``metrics.json``, ``run_meta.json`` and TensorBoard events into
     ``run_dir``. Returns the metrics. A bad config raises ``ConfigError`` before anything is
     built; a NaN/inf loss ends the run with ``status: diverged`` (not an exception).
@@ -74,15 +74,16 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     Checkpoints go to ``run_dir/checkpoints`` (docs/sweeps.md). A ``run_dir`` that holds one
     continues from it (the config must match); one that holds a finished run returns its
     metrics without training. SIGTERM/SIGINT end the run after the current step with a
-    checkpoint and ``status: interrupted`` (``interrupted_by`` names the signal)."""
+    checkpoint and ``status: interrupted`` (``interrupted_by`` names the signal). ``in_sweep``:
+    a job of a sweep, whose HParams experiment the sweep writes once at its root."""
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunDirLock(run_dir):  # one writer per run directory (RunDirBusy names the other one)
-        return _run_locked(cfg, run_dir)
+        return _run_locked(cfg, run_dir, in_sweep)
 
 
-def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
+def _run_locked(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> dict:
     remove_orphan_temp_files(run_dir)  # left by a writer that was killed mid-write
     identity = run_config(cfg)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
@@ -154,7 +155,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
                  "resolved.total_steps": steps, "resolved.steps_per_epoch": sampler_steps,
                  "resolved.params": sum(p.numel() for p in model.parameters()),
                  **{f"resolved.{k}": v for k, v in schedule.info().items()}}
-        writer.start_hparams(flat_hparams(cfg, extra))
+        writer.start_hparams(flat_hparams(cfg, extra), experiment=not in_sweep)
         log.info("run %s: model %s (%d parameters), data %s, optimizer %s (peak lr %g), scheduler %s "
                  "(warmup %d of %d steps), batch %d, seed %d, device %s, %d thread(s)%s", run_dir,
                  cfg.model.get("name"), extra["resolved.params"], cfg.data.get("name"), cfg.optimizer.get("name"),

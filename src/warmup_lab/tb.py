@@ -16,11 +16,36 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 # Final metrics shown in the HParams dashboard; the same names in every run.
 # metrics that mean something on a healthy run too: not max_spike_ratio, which divides by the
 # lowest loss so far and reads 100+ once a run's loss falls to 1e-4 (the early-phase one is kept)
-HPARAM_METRICS = ("hparam/final_val_loss", "hparam/best_val_loss", "hparam/final_val_acc",
-                  "hparam/final_train_loss", "hparam/diverged", "hparam/steps",
-                  "hparam/early_jitter", "hparam/early_max_spike_ratio", "hparam/train_loss_auc")
+HPARAM_METRICS = ("summary/final_val_loss", "summary/best_val_loss", "summary/final_val_acc",
+                  "summary/final_train_loss", "summary/diverged", "summary/steps",
+                  "summary/early_jitter", "summary/early_max_spike_ratio", "summary/train_loss_auc")
+#: What a user opens first, pinned on top of TensorBoard's Time Series by :func:`time_series_url`.
+#: The other cards come in TensorBoard's own order (grouped by the tag's first segment, groups
+#: sorted by name, the first two expanded): ``curvature/``, ``jitter/``, ``layer/`` (per-layer
+#: statistics), ``summary/`` (the final values HParams reads, one point each), ``train/``, ``val/``.
+TIME_SERIES_FIRST = ("train/loss", "train/lr", "val/loss", "val/acc", "jitter/loss_std")
 HPARAM_GROUPS = ("model", "data", "optimizer", "scheduler", "trainer")
 _SKIP = ("_target_", "progress", "resume", "checkpoint_interval")  # no effect on what a run computes
+
+
+def tensorboard_command(logdir) -> str:
+    """The exact command to view ``logdir``: the venv's TensorBoard, every scalar point kept."""
+    return f".venv/bin/tensorboard --logdir {logdir} --samples_per_plugin scalars=100000"
+
+
+def time_series_url(tags=TIME_SERIES_FIRST, port: int = 6006) -> str:
+    """TensorBoard's Time Series with ``tags`` pinned on top, in that order: its own deep link
+    (the ``pinnedCards`` query parameter the frontend reads and writes)."""
+    import json
+    from urllib.parse import quote
+
+    cards = json.dumps([{"plugin": "scalars", "tag": t} for t in tags], separators=(",", ":"))
+    return f"http://localhost:{port}/?pinnedCards={quote(cards, safe='[]{}:,/')}#timeseries"
+
+
+def view_hint(logdir, tags=TIME_SERIES_FIRST) -> str:
+    """One line for the console: the command, and the page to open once it runs."""
+    return f"view: {tensorboard_command(logdir)}   then open {time_series_url(tags)}"
 
 
 def _flatten(node, prefix: str, out: dict) -> None:
@@ -159,9 +184,15 @@ class RunWriter:
                                  for tag, v in values.items()])
         self.writer.file_writer.add_summary(summary, step)
 
-    def start_hparams(self, hparams: dict) -> None:
+    def start_hparams(self, hparams: dict, experiment: bool = True) -> None:
+        """The run's HParams session; with ``experiment`` also the experiment (its columns and
+        :data:`HPARAM_METRICS`), which a single run needs. A run of a sweep writes none: the
+        dashboard takes the first experiment it finds, so there must be one per log dir, the
+        sweep's own (:func:`write_sweep_experiment`, at its root); until the sweep writes it,
+        TensorBoard builds one from the sessions, the varying keys first."""
         exp, ssi, self._session_end = hparams_summary(hparams, {m: 0.0 for m in HPARAM_METRICS})
-        self.writer.file_writer.add_summary(exp)
+        if experiment:
+            self.writer.file_writer.add_summary(exp)
         self.writer.file_writer.add_summary(ssi)
 
     def end_hparams(self, final: dict, step: int) -> None:
@@ -189,9 +220,41 @@ class RunWriter:
 HPARAMS_SUFFIX = ".hparams"
 
 
+def swept_keys(rows: list[dict]) -> set[str]:
+    """The keys a sweep varies on purpose, out of those whose value differs between runs
+    (``rows``: each run's flat hparams). A key that differs only because an option changed is
+    left out: with ``optimizer=sgd,adamw``, ``optimizer.betas`` and the default ``optimizer.lr``
+    follow ``optimizer.name``. So: every differing ``<group>.name`` and ``seed``; any other
+    differing config key unless the differing names together determine it or it copies a swept
+    key (``trainer.seed: ${seed}``); a differing
+    ``resolved.*`` key unless the swept config keys (seed aside) determine it. The HParams
+    dashboard sorts these first and shows the first five."""
+    def value(r, k):
+        v = r.get(k)
+        return "nan" if isinstance(v, float) and math.isnan(v) else repr(v)
+
+    def determines(by: list[str], k: str) -> bool:
+        seen: dict = {}
+        return bool(by) and all(seen.setdefault(tuple(value(r, b) for b in by), value(r, k)) == value(r, k)
+                                for r in rows)
+
+    keys = sorted({k for r in rows for k in r})
+    differ = [k for k in keys if len({value(r, k) for r in rows}) > 1]
+    names = [k for k in differ if k.endswith(".name")]
+    swept = set(names) | ({"seed"} & set(differ))
+    for k in differ:
+        copy = any(all(value(r, k) == value(r, o) for r in rows) for o in swept)  # trainer.seed: ${seed}
+        if k not in swept and not k.startswith("resolved.") and not copy and not determines(names, k):
+            swept.add(k)
+    by = sorted(swept - {"seed"})
+    swept |= {k for k in differ if k.startswith("resolved.") and not determines(by, k)}
+    return swept
+
+
 def sweep_experiment(rows: list[dict]) -> "Summary":
     """The hparams plugin's experiment for a sweep, from each run's flat hparams (``rows``):
-    every key once, the keys that vary first (``differs``, which the dashboard sorts first), each
+    every key once, the swept ones first (:func:`swept_keys`, marked ``differs``, which the
+    dashboard sorts first), each
     with its type (float where every value is a number, bool, else string) and its domain (the
     values the sweep has, or their range above 12 values), then :data:`HPARAM_METRICS`."""
     from google.protobuf import struct_pb2
@@ -199,12 +262,12 @@ def sweep_experiment(rows: list[dict]) -> "Summary":
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
     keys = sorted({k for r in rows for k in r})
+    swept = swept_keys(rows)
     infos = []
     for k in keys:
         vals = [r.get(k) for r in rows]
         real = [v for v in vals if not (isinstance(v, float) and math.isnan(v)) and v not in ("n/a", "null", None)]
-        distinct = sorted({repr(v) for v in vals})
-        info = api_pb2.HParamInfo(name=k, differs=len(distinct) > 1)
+        info = api_pb2.HParamInfo(name=k, differs=k in swept)
         if real and all(isinstance(v, bool) for v in real):
             info.type = api_pb2.DATA_TYPE_BOOL
         elif real and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in real):

@@ -46,7 +46,7 @@ class Trainer:
 
     Logged to TensorBoard: ``train/loss``, ``train/lr`` (``train/lr/<group>`` when the groups'
     lrs differ), ``train/grad_norm`` (before clipping), ``train/update_ratio`` and the
-    ``jitter/*`` loss-window metrics at every step; per-layer ``train/layer/*`` and Adam's
+    ``jitter/*`` loss-window metrics at every step; per-layer ``layer/*`` and Adam's
     ``train/adam/*`` every ``metrics.layer_interval`` steps (docs/metrics.md); ``val/loss`` and
     ``val/acc`` every ``eval_interval`` steps and at the end. Nothing in the step reads a
     device value on the host except at the ``log_interval`` flush.

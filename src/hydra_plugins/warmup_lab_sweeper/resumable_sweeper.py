@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 from warmup_lab.analysis.claimspec import ClaimError
 from warmup_lab.progress import SweepProgress
 from warmup_lab.runinfo import write_json
-from warmup_lab.tb import write_sweep_experiment
+from warmup_lab.tb import view_hint, write_sweep_experiment
 from warmup_lab.study import Study
 from warmup_lab.sweeps import (IGNORED_OVERRIDES, SweepStop, format_summary, job_dirs, plan_resume,
                                run_status, summarize)
@@ -122,7 +122,7 @@ class ResumableSweeper(BasicSweeper):
             print(line, flush=True)
         print(f"sweep directory: {sweep_dir}\n"
               f"judge it: make analyze SWEEP={sweep_dir}   (or .venv/bin/python scripts/analyze.py {sweep_dir})\n"
-              f"view: .venv/bin/tensorboard --logdir {sweep_dir} --samples_per_plugin scalars=100000", flush=True)
+              + view_hint(sweep_dir), flush=True)
         if stopper.signum is not None:
             name = signal.Signals(stopper.signum).name
             print(f"sweep stopped by {name}; continue it with the same command plus trainer.resume=true "

@@ -19,7 +19,7 @@ from .load import Run, load_runs
 from .power import plan_part, plan_text
 from .sequential import STUDY_FILE, Design
 from ..sweeps import FINISHED
-from .tblayout import ARM_DIR, tensorboard_command, write_tensorboard
+from .tblayout import ARM_DIR, ARM_PINNED, tensorboard_command, time_series_url, write_tensorboard
 
 RESULT_STATUSES = FINISHED  # a crash, a bad config or an unfinished run is not a result
 RUN_FIELDS = ("status", "failed", "failure", "peak_lr", "warmup_steps", "total_steps", "steps",
@@ -275,16 +275,18 @@ def analyze(sweep_dirs, out: Path | None = None, claims: list | None = None, met
     rules = CLAIMS_DOC.split("Decision rules")[1].split("A claim's verdict")[0].replace("``", "`")
     md += ["  " + line.strip() for line in rules.strip().splitlines()[1:] if line.strip()]
     md += ["", f"- **Browse in TensorBoard**: the arms, as mean curves with min-max bands over seeds: "
-           f"`{tensorboard_command(out / ARM_DIR)}` (tabs *Custom Scalars* and *Time Series*); every run: "
-           f"`{tensorboard_command(out)}` (TensorBoard selects no run by default above 40 runs: pick them "
-           f"in the run list).", ""]
+           f"`{tensorboard_command(out / ARM_DIR)}`, then open <{time_series_url(ARM_PINNED)}> (Time Series "
+           f"with the arms' train loss, lr and jitter pinned on top; tab *Custom Scalars* for the bands); "
+           f"every run: `{tensorboard_command(out)}`, then <{time_series_url()}> (TensorBoard selects no "
+           f"run by default above 40 runs: pick them in the run list).", ""]
     (out / "report.md").write_text("\n".join(md))
     summary = {"sweep_dirs": [str(d) for d in sweep_dirs], "out": str(out), "setting": setting,
                "n_runs": len(runs), "n_excluded": len(excluded), "n_arms": len(arms), "seeds": sorted({r.seed for r in runs}),
                "run_time_s": wall, "claims": [r.as_dict() for r in results],
                "plans": plans if plan else None,
                "files": ["report.md", "runs.csv", "arms.csv"] + [p.name for p in figs.values()],
-               "tensorboard": tensorboard_command(out / ARM_DIR) if tensorboard else None}
+               "tensorboard": tensorboard_command(out / ARM_DIR) if tensorboard else None,
+               "tensorboard_url": time_series_url(ARM_PINNED) if tensorboard else None}
     write_json(out / "verdicts.json", summary, default=_json_default)
     return summary
 

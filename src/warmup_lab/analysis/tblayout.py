@@ -27,10 +27,13 @@ import numpy as np
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 
+from ..tb import tensorboard_command, time_series_url  # noqa: F401  (re-exported for the report)
 from .arms import Arm
 
 ARM_TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/update_ratio", "jitter/loss_std",
             "jitter/spike_ratio")
+#: The arm runs' cards pinned on top of Time Series (see :func:`warmup_lab.tb.time_series_url`).
+ARM_PINNED = ("arm/train/loss/mean", "arm/train/lr/mean", "arm/jitter/loss_std/mean")
 LAYOUT_SUFFIX = ".layout"
 
 
@@ -38,11 +41,19 @@ ARM_DIR = "tensorboard"
 MAX_FRONTEND_RUNS = 40  # TensorBoard's frontend selects no run above this many in a log dir
 
 
+#: The arm layout's categories, in the order the page shows them (loss and lr first).
+ARM_CATEGORIES = {"arms: train loss and lr": ("train/loss", "train/lr"),
+                  "arms: stability": ("train/grad_norm", "train/update_ratio"),
+                  "arms: jitter": ("jitter/loss_std", "jitter/spike_ratio")}
+
+
 def arm_layout() -> dict:
-    """Custom-scalars layout of the arm log dir: a Margin chart (mean, min-max band) per tag."""
-    margin = {f"{t} (arm mean, band = min-max over seeds)": ["Margin", [f"arm/{t}/mean", f"arm/{t}/min", f"arm/{t}/max"]]
-              for t in ARM_TAGS}
-    return {"arms: mean over seeds": margin}
+    """Custom-scalars layout of the arm log dir: a Margin chart (mean, min-max band over seeds)
+    per tag of :data:`ARM_TAGS`, two to a category. The charts of a category are listed last
+    first: TensorBoard's page (2.x, seen in headless Chromium) shows a category's Margin charts in
+    reverse order (its Multiline charts in order), so train/loss comes out first."""
+    return {cat: {f"{t} (arm mean, band = min-max over seeds)": ["Margin", [f"arm/{t}/{k}" for k in ("mean", "min", "max")]]
+                  for t in reversed(tags)} for cat, tags in ARM_CATEGORIES.items()}
 
 
 def layout() -> dict:
@@ -124,6 +135,3 @@ def write_tensorboard(arms: list[Arm], out: Path) -> Path:
     return arm_root
 
 
-def tensorboard_command(logdir: Path) -> str:
-    """The exact command, with the venv's TensorBoard and every scalar point kept."""
-    return f".venv/bin/tensorboard --logdir {logdir} --samples_per_plugin scalars=100000"
