@@ -46,7 +46,7 @@ tb:  ## TensorBoard over every run, with every scalar point kept
 	$(VENV)/bin/tensorboard --logdir outputs --samples_per_plugin scalars=100000
 
 plot-schedules:  ## regenerate docs/schedules.png
-	$(PY) scripts/plot_schedules.py --out docs/schedules.png
+	$(PY) scripts/plot_schedules.py --gallery --out docs/schedules.png
 
 clean:  ## remove caches
 	rm -rf .pytest_cache .hypothesis src/*.egg-info

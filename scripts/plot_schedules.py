@@ -19,6 +19,7 @@ import argparse
 import math
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -82,8 +83,27 @@ def schedule_config(spec: str, common: dict) -> tuple[str, dict]:
     return spec, cfg
 
 
-def curve(cfg: dict, total: int, optimizer: dict, extend: float):
+#: Variants shown in the gallery beside every schedule at its defaults: the knobs that change a
+#: schedule's shape (cycles, modes, peers' conventions).
+GALLERY_VARIANTS = ("timmcosine:warmup_steps=50,warmup_prefix=true,t_initial=300,cycle_limit=3,cycle_decay=0.6",
+                    "timmcosine:warmup_steps=50,t_initial=200,cycle_mul=2,cycle_limit=3,cycle_warmup=true",
+                    "sgdr:t_0=100,t_mult=2",
+                    "cycliclr:mode=triangular2",
+                    "cycliclr:mode=exp_range,gamma=0.997",
+                    "noam:count_from=1,warmup_steps=10",
+                    "stepdecay:step_size=112.5,gamma=0.5")
+
+
+def synthetic_val_history(total: int, every: int) -> list[dict]:
+    """A validation loss for plotting a schedule that follows one: falls linearly from 2.0 to 0.3
+    by 57% of the run, then flat; evaluated every ``every`` steps."""
+    return [{"step": e, "loss": max(0.3, 2.0 - 3.0 * e / total), "acc": 0.0} for e in range(every, total + 1, every)]
+
+
+def curve(cfg: dict, total: int, optimizer: dict, extend: float, eval_every: int | None = None):
     sched = build_schedule(cfg, total_steps=total, optimizer_cfg=optimizer)
+    if sched.needs_val_history:  # reduceonplateau: on the synthetic loss (the panel says so)
+        sched = sched.with_val_history(synthetic_val_history(total, eval_every or max(1, total // 100)))
     steps = list(range(total + 1 + int(extend * total)))
     return sched, steps, [optimizer["lr"] * sched(s) for s in steps]
 
@@ -110,6 +130,11 @@ def main(argv=None) -> None:
     p.add_argument("--normalise", choices=("auto", "peak", "none"), default="auto",
                    help="overlay: divide each curve by its own peak (auto: when the peaks differ, e.g. noam's "
                         "d_model^-0.5 scale next to 1.0)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="reduceonplateau: evaluations of the synthetic val loss (falls to 0.3 by 57%% of T, then "
+                        "flat) every this many steps (default T/100)")
+    p.add_argument("--gallery", action="store_true",
+                   help="every schedule at its defaults plus the variants that change a shape (docs/schedules.png)")
     p.add_argument("--dpi", type=int, default=100)
     p.add_argument("--out", default=str(ROOT / "outputs" / "schedules.png"),
                    help="where to write (default outputs/schedules.png; `make plot-schedules` writes the gallery "
@@ -120,6 +145,8 @@ def main(argv=None) -> None:
     for item in args.set:
         common.update(parse_assignments(item))
     specs = args.schedules or list(SCHEDULES)  # registry order: transformers family, seed, field
+    if args.gallery and not args.schedules:
+        specs = specs + list(GALLERY_VARIANTS)
     defaults = [OmegaConf.to_container(OmegaConf.load(path)) for path in
                 (CONF / f"{spec.partition(':')[0]}.yaml" for spec in specs) if path.is_file()]
     for key in common:
@@ -134,7 +161,7 @@ def main(argv=None) -> None:
     for spec in specs:
         label, cfg = schedule_config(spec, common)
         try:
-            curves.append((label, *curve(cfg, T, optimizer, args.extend)))
+            curves.append((label, *curve(cfg, T, optimizer, args.extend, args.eval_every)))
         except ScheduleError as err:
             raise SystemExit(f"{label}: {err}") from None
 
@@ -160,7 +187,9 @@ def main(argv=None) -> None:
             ax.plot(steps, lrs, lw=1.3, color="C0")
             if sched.warmup_steps:
                 ax.axvline(sched.warmup_steps, color="0.6", ls=":", lw=1)
-            ax.set_title(f"{label}\nW={sched.warmup_steps}, peak={sched.peak:.3g}", fontsize=8.5)
+            note = " (synthetic val loss)" if sched.needs_val_history else ""
+            title = "\n".join(textwrap.wrap(label.replace(",", ", "), 44))
+            ax.set_title(f"{title}\nW={sched.warmup_steps}, peak={sched.peak:.3g}{note}", fontsize=8.5 if len(label) < 40 else 7)
             ax.tick_params(labelsize=7)
         for ax in axes[len(curves):]:
             ax.axis("off")

@@ -96,3 +96,10 @@ def test_configs_that_differ_outside_the_per_run_keys_are_refused():
         check_fusable([compose_cfg(), compose_cfg("model.width=8")])
     with pytest.raises(ValueError, match="optimizer.name"):
         check_fusable([compose_cfg("optimizer=rmsprop"), compose_cfg("optimizer=rmsprop")])
+
+
+def test_a_schedule_that_follows_the_validation_loss_runs_alone():
+    from warmup_lab.fused import fusable
+
+    assert fusable(compose_cfg("scheduler=sgdr")) is None
+    assert "validation loss" in fusable(compose_cfg("scheduler=reduceonplateau"))

@@ -78,6 +78,31 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path, 
         (0, 7, "interrupted"), (7, 16, "completed")]
 
 
+def test_reduce_on_plateau_resumes_exactly_from_the_history_in_the_checkpoint(tmp_path, monkeypatch):
+    """The plateau schedule is a function of the step and the validation history: a resumed run
+    rebuilds it from the history its checkpoint holds. Here every evaluation after the first is
+    "no better" (abs threshold 10), so the lr halves at steps 4, 6, 8, ...; the interrupt at 7
+    falls between reductions that depend on evaluations before it."""
+    overrides = ["trainer.max_steps=12", "trainer.log_interval=4", "trainer.eval_interval=2",
+                 "trainer.checkpoint_interval=5", "optimizer=adamw", "scheduler=reduceonplateau",
+                 "scheduler.patience=0", "scheduler.threshold=10", "scheduler.threshold_mode=abs",
+                 "scheduler.factor=0.5", "scheduler.warmup_steps=0"]
+    ref = run(compose_cfg(*overrides), tmp_path / "ref")
+    lrs = [v for _, v in read_scalars(tmp_path / "ref")["train/lr"]]
+    lr = 1e-3  # conf/optimizer/adamw.yaml
+    expect = [lr * 0.5 ** max(0, (s - 2) // 2) for s in range(12)]
+    assert lrs == pytest.approx(expect, rel=1e-6)
+    signal_at(monkeypatch, 7)
+    assert run(compose_cfg(*overrides), tmp_path / "run")["status"] == "interrupted"
+    monkeypatch.undo()
+    second = run(compose_cfg(*overrides), tmp_path / "run")
+    assert second["resumed_from_step"] == 7  # the stop's checkpoint: evaluations at 2, 4 and 6 in it
+    a, b = read_scalars(tmp_path / "ref"), read_scalars(tmp_path / "run")
+    for tag in ("train/loss", "train/lr", "val/loss"):
+        assert bits(b[tag]) == bits(a[tag]), tag
+    same_metrics(ref, second)
+
+
 def test_checkpoints_are_atomic_kept_two_and_load_with_weights_only(tmp_path):
     run(compose_cfg("trainer.max_steps=12", "trainer.checkpoint_interval=4"), tmp_path)
     files = checkpoint.checkpoint_files(tmp_path / "checkpoints")

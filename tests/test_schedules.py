@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 
 from warmup_lab.schedules import SCHEDULES, ScheduleError, ScheduleLR, build_schedule
 from warmup_lab.schedules.parts import WARMUP_TYPES
-from warmup_lab.schedules.schedule import PiecewiseConstant, WarmupThenDecay, WarmupTimesDecay
+from warmup_lab.schedules.schedule import (Cyclic, PiecewiseConstant, ShiftedCosine, TimmCosine, WarmupThenDecay,
+                                           WarmupTimesDecay)
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "scheduler"
 ADAMW = {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.99]}
@@ -83,8 +84,8 @@ BAD = [
      "scheduler.warmup_ratio=1.5 is invalid: must be a number in [0.0, 1.0)"),
     ({"name": "warmupcosine", "warmup_ratio": None, "warmup_steps": -3},
      "scheduler.warmup_steps=-3 is invalid: must be an int >= 0"),
-    ({"name": "warmupcosine", "warmup_ratio": None, "warmup_steps": 0.1},
-     "for a fraction use scheduler.warmup_ratio"),
+    ({"name": "warmupcosine", "warmup_ratio": None, "warmup_steps": 1.5},
+     "for a fraction use scheduler.warmup_ratio, or a float below 1"),
     ({"name": "warmupcosine", "warmup_ratio": None, "warmup_steps": 101},
      "scheduler.warmup_steps=101 is invalid: must be <= total_steps=100"),
     ({"name": "warmupcosine", "start_factor": 1.5}, "scheduler.start_factor=1.5 is invalid"),
@@ -242,7 +243,7 @@ def configs(draw):
     T = draw(st.integers(1, 400))
     cfg = OmegaConf.to_container(yaml_cfg(name), resolve=True)
     if name not in ("constantlr", "piecewiseconstant", "untunedlinearwarmup",
-                    "untunedexponentialwarmup"):
+                    "untunedexponentialwarmup", "cycliclr"):
         if draw(st.booleans()):
             cfg.update(warmup_steps=draw(st.integers(0, T)), warmup_ratio=None)
         else:
@@ -267,6 +268,19 @@ def configs(draw):
     if "three_phase" in cfg:
         cfg["three_phase"] = draw(st.booleans())
         cfg["anneal_strategy"] = draw(st.sampled_from(["cos", "linear"]))
+    if name == "timmcosine":
+        cfg.update(warmup_prefix=draw(st.booleans()), cycle_mul=draw(st.sampled_from([1.0, 1.5, 2.0])),
+                   cycle_decay=draw(st.floats(0.3, 1.0)), cycle_limit=draw(st.integers(1, 4)),
+                   k_decay=draw(st.floats(0.5, 2.0)), t_initial=draw(st.none() | st.integers(1, 200)),
+                   cycle_warmup=draw(st.booleans()), lr_min=draw(st.sampled_from([0.0, 1e-5])),
+                   warmup_lr_init=draw(st.sampled_from([0.0, 1e-4])))
+    if name == "sgdr":
+        cfg.update(t_0=draw(st.none() | st.integers(1, 100)), t_mult=draw(st.integers(1, 3)))
+    if name == "cycliclr":
+        cfg.update(mode=draw(st.sampled_from(["triangular", "triangular2", "exp_range"])),
+                   step_size_down=draw(st.none() | st.integers(1, 50)), base_factor=draw(st.floats(0.0, 1.0)))
+    if "tau_rounding" in cfg:
+        cfg["tau_rounding"] = draw(st.sampled_from(["round", "truncate"]))
     beta2 = draw(st.sampled_from([0.9, 0.95, 0.98, 0.99]))
     return cfg, T, {**ADAMW, "betas": [0.9, beta2]}
 
@@ -279,7 +293,8 @@ def test_properties(case):
         s = build_schedule(cfg, T, opt)
     except ScheduleError as err:  # only the documented refusals
         refusals = ("longer than total_steps", "must be >= 1 for", "three_phase", "num_decay_steps",
-                    "must be > 0 with warmup_type=exponential", "must be set when the warmup is 0")
+                    "must be > 0 with warmup_type=exponential", "must be set when the warmup is 0",
+                    "with cycle_warmup")
         assert any(w in str(err) for w in refusals), str(err)
         return
     W = s.warmup_steps
@@ -291,13 +306,17 @@ def test_properties(case):
     assert hi == pytest.approx(s.peak) and s.peak > 0
     # warmup is monotone (for a dampened decay only when the decay is constant)
     if not isinstance(s, WarmupTimesDecay) or cfg.get("decay") == "constant":
-        ramp = [s(t) for t in range(min(W, T - 1, 400) + 1)]  # step T is after training
+        # up to step W, where the warmup hands over (timm's without warmup_prefix and
+        # transformers' cosine_warmup_with_min_lr, one step ahead, already decay there: up to W - 1)
+        ahead = isinstance(s, ShiftedCosine) or (isinstance(s, TimmCosine) and not s.warmup_prefix)
+        end = W - 1 if ahead else W
+        ramp = [s(t) for t in range(min(end, T - 1, 400) + 1)]  # step T is after training
         assert all(b >= a - 1e-12 for a, b in pairwise(ramp)), ramp
     # no jump at the end of warmup: the ramp ends where the decay starts, at the peak, unless the
     # schedule defines a jump (constant warmup) or the warmup covers the whole run (T is after it)
     if isinstance(s, WarmupThenDecay) and 1 <= W < T and s.warmup.type != "constant":
         assert s(W) == pytest.approx(s.peak, rel=1e-12)
         assert s(W - 1) <= s(W)
-    no_ramp = not isinstance(s, (PiecewiseConstant, WarmupTimesDecay)) and cfg["name"] != "onecycle"
+    no_ramp = not isinstance(s, (PiecewiseConstant, WarmupTimesDecay, Cyclic, ShiftedCosine)) and cfg["name"] != "onecycle"
     if W == 0 and no_ramp:
         assert values[0] == pytest.approx(s.peak)

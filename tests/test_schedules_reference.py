@@ -400,3 +400,263 @@ def test_wsd_exponential_warmup_and_transformers_start():
     assert s(79) == 1.0 and s(80) == 1.0
     assert s(90) == pytest.approx(0.1 + 0.9 * (1 - math.sqrt(0.5)))
     assert s(100) == s(1000) == pytest.approx(0.1)
+
+
+# -- warm restarts, cycles, plateaus and the conventions of other peers (#16) --------------------
+def run_timm(make, n, lr=LR):
+    """lrs of the first ``n`` updates under a timm scheduler stepped per update, as timm's train
+    loop does: ``step_update(num_updates=s + 1)`` after update ``s``."""
+    opt = _optimizer(lr)
+    sched = make(opt)
+    lrs = []
+    for s in range(n):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step_update(num_updates=s + 1)
+    return lrs
+
+
+@pytest.mark.parametrize("t_0,t_mult,eta_min", [(1, 1, 0.0), (5, 1, 0.0), (7, 2, 1e-3), (3, 3, 0.01), (10, 1, 0.05)])
+@pytest.mark.parametrize("T", [1, 10, 37, 100])
+def test_sgdr_matches_torch_cosine_annealing_warm_restarts(t_0, t_mult, eta_min, T):
+    ref = run_reference(lambda o: tl.CosineAnnealingWarmRestarts(o, T_0=t_0, T_mult=t_mult, eta_min=eta_min), T)
+    ours, _ = run_ours({"name": "sgdr", "t_0": t_0, "t_mult": t_mult, "eta_min": eta_min}, T)
+    assert_close(ours, ref, label=f"sgdr T_0={t_0} T_mult={t_mult}")
+
+
+@pytest.mark.parametrize("W,T", pairs(totals=(10, 37, 100)))
+def test_sgdr_after_a_warmup_is_the_warmup_then_torch_from_the_end_of_it(W, T):
+    ours, _ = run_ours({"name": "sgdr", "t_0": 7, "t_mult": 2, "warmup_steps": W, "warmup_ratio": None,
+                        "start_factor": 0.0}, T)
+    ref = run_reference(lambda o: tl.CosineAnnealingWarmRestarts(o, T_0=7, T_mult=2), T)
+    assert_close(ours[:W], [LR * s / W for s in range(W)])
+    assert_close(ours[W:], ref[: T - W])
+
+
+TIMM_CASES = [  # our knobs and timm's CosineLRScheduler kwargs (t_initial added per case)
+    ({}, {}),
+    ({"warmup_lr_init": 1e-3}, {"warmup_lr_init": 1e-3}),
+    ({"warmup_prefix": True, "warmup_lr_init": 1e-4}, {"warmup_prefix": True, "warmup_lr_init": 1e-4}),
+    ({"lr_min": 1e-3, "cycle_limit": 3, "cycle_decay": 0.5},
+     {"lr_min": 1e-3, "cycle_limit": 3, "cycle_decay": 0.5}),
+    ({"cycle_mul": 2.0, "cycle_limit": 4, "warmup_prefix": True},
+     {"cycle_mul": 2.0, "cycle_limit": 4, "warmup_prefix": True}),
+    ({"cycle_mul": 1.5, "cycle_limit": 5, "cycle_decay": 0.8, "lr_min": 1e-4},
+     {"cycle_mul": 1.5, "cycle_limit": 5, "cycle_decay": 0.8, "lr_min": 1e-4}),
+    ({"k_decay": 2.0}, {"k_decay": 2.0}),
+    ({"k_decay": 0.5, "cycle_limit": 2}, {"k_decay": 0.5, "cycle_limit": 2}),
+]
+
+
+@pytest.mark.parametrize("knobs,timm_kwargs", TIMM_CASES, ids=lambda v: ",".join(sorted(v)) or "defaults")
+@pytest.mark.parametrize("W,T", pairs(totals=(2, 10, 37, 100), max_back=1))
+def test_timmcosine_matches_timm_cosine_lr_scheduler(knobs, timm_kwargs, W, T):
+    from timm.scheduler import CosineLRScheduler
+
+    cycles = knobs.get("cycle_limit", 1)
+    t_initial = max(1, (T - (W if knobs.get("warmup_prefix") else 0)) // cycles)
+    ours, _ = run_ours({"name": "timmcosine", **knobs, "t_initial": t_initial, "warmup_steps": W,
+                        "warmup_ratio": None}, T)
+    ref = run_timm(lambda o: CosineLRScheduler(o, t_initial=t_initial, warmup_t=W, t_in_epochs=False,
+                                               **timm_kwargs), T)
+    assert_close(ours, ref, label=f"timm {knobs} W={W}")
+
+
+def test_timmcosine_default_t_initial_is_timm_create_scheduler_length():
+    """timm's ``get_cycle_length()`` (+ the warmup with warmup_prefix) is the run: ours defaults
+    t_initial to it, so the schedule ends at lr_min on the last update either way."""
+    for prefix in (False, True):
+        _, sched = run_ours({"name": "timmcosine", "warmup_steps": 10, "warmup_ratio": None,
+                             "warmup_prefix": prefix}, 100)
+        assert sched.t_initial == (90 if prefix else 100)
+        assert sched(100) == 0.0 and sched(99) > 0
+
+
+def test_timmcosine_cycle_warmup_ramps_every_later_cycle_formula():
+    """Not in timm (documented): each later cycle's first W steps are dampened by the ramp."""
+    _, s = run_ours({"name": "timmcosine", "warmup_steps": 4, "warmup_ratio": None, "warmup_prefix": True,
+                     "t_initial": 20, "cycle_limit": 3, "cycle_warmup": True}, 64)
+    _, plain = run_ours({"name": "timmcosine", "warmup_steps": 4, "warmup_ratio": None, "warmup_prefix": True,
+                         "t_initial": 20, "cycle_limit": 3}, 64)
+    for step in range(64):
+        t = step - 4
+        if t >= 20 and t % 20 < 4:  # inside the first 4 steps of cycle 1 or 2
+            assert s(step) == pytest.approx(plain(step) * (t % 20) / 4, rel=1e-12, abs=1e-15)
+        else:
+            assert s(step) == plain(step)
+
+
+@pytest.mark.parametrize("decay_t", [1.5, 2.5, 3.0, 7.25])
+def test_fractional_step_size_matches_timm_step_lr_scheduler(decay_t):
+    from timm.scheduler import StepLRScheduler
+
+    T = 40
+    ours, _ = run_ours({"name": "stepdecay", "step_size": decay_t, "gamma": 0.5, "warmup_ratio": 0.0}, T)
+    ref = run_timm(lambda o: StepLRScheduler(o, decay_t=decay_t, decay_rate=0.5, t_in_epochs=False), T)
+    assert_close(ours, ref, label=f"decay_t={decay_t}")
+
+
+@pytest.mark.parametrize("mode,gamma", [("triangular", 1.0), ("triangular2", 1.0), ("exp_range", 0.99),
+                                        ("exp_range", 0.9)])
+@pytest.mark.parametrize("up,down", [(1, None), (4, None), (5, 2), (3, 11), (50, 50)])
+def test_cycliclr_matches_torch(mode, gamma, up, down):
+    T = 100
+    ref = run_reference(lambda o: tl.CyclicLR(o, base_lr=0.01, max_lr=LR, step_size_up=up, step_size_down=down,
+                                              mode=mode, gamma=gamma, cycle_momentum=False), T)
+    ours, _ = run_ours({"name": "cycliclr", "base_lr": 0.01, "base_factor": None, "step_size_up": up,
+                        "step_size_down": down, "mode": mode, "gamma": gamma}, T)
+    assert_close(ours, ref, label=f"{mode} up={up} down={down}")
+
+
+def _plateau_losses(seed: int, n: int) -> list[float]:
+    """A validation-loss sequence that falls, flattens, bumps and ties: every branch of the rule."""
+    g = torch.Generator().manual_seed(seed)
+    out, v = [], 2.0
+    for i in range(n):
+        r = torch.rand((), generator=g).item()
+        v = v * (0.9 if r < 0.08 else 1.0 if r < 0.5 else 1.00005 if r < 0.8 else 1.02)
+        out.append(round(v, 6) if i % 7 else v)
+    return out
+
+
+PLATEAU_CASES = [
+    {},
+    {"patience": 0},
+    {"patience": 2, "factor": 0.5},
+    {"patience": 3, "cooldown": 2, "factor": 0.3},
+    {"threshold": 0.05, "threshold_mode": "abs", "patience": 1},
+    {"threshold": 0.0, "patience": 1, "min_lr": 0.004},
+    {"patience": 1, "eps": 0.02, "factor": 0.5},
+    {"mode": "max", "patience": 2, "threshold_mode": "abs", "threshold": 0.01},
+]
+
+
+@pytest.mark.parametrize("knobs", PLATEAU_CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reduceonplateau_matches_torch_on_the_same_loss_sequence(knobs, seed):
+    """torch: ``scheduler.step(val)`` after every evaluation (every 5 updates here); ours: the
+    same values as the run's validation history. Every update's lr is compared."""
+    T, every = 300, 5
+    values = _plateau_losses(seed, T // every)
+    if knobs.get("mode") == "max":  # an accuracy-like value: higher is better
+        values = [-v for v in values]
+    torch_kw = {k: v for k, v in knobs.items()}
+    opt = _optimizer()
+    ref_sched = tl.ReduceLROnPlateau(opt, **torch_kw)
+    ref = []
+    for s in range(T):
+        ref.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if (s + 1) % every == 0:
+            ref_sched.step(values[(s + 1) // every - 1])
+    sched = build_schedule({"name": "reduceonplateau", **knobs}, T, OPT)
+    opt2 = _optimizer()
+    adapter = ScheduleLR(opt2, sched)
+    history, ours = [], []
+    for s in range(T):
+        ours.append(opt2.param_groups[0]["lr"])
+        opt2.step()
+        adapter.step()
+        if (s + 1) % every == 0:  # what the trainer does after an evaluation
+            history.append({"step": s + 1, "loss": values[(s + 1) // every - 1], "acc": 0.0})
+            adapter.follow(sched.with_val_history(history))
+    assert_close(ours, ref, label=f"plateau {knobs}")
+    assert len(set(ref)) > 1  # the sequence made torch reduce
+
+
+UNTUNED_BETA2 = (0.95, 0.98, 0.99, 0.999)
+
+
+@pytest.mark.parametrize("beta2", UNTUNED_BETA2)
+@pytest.mark.parametrize("kind", ["linear", "exponential"])
+def test_untuned_warmups_match_pytorch_warmup_with_truncation(beta2, kind):
+    import pytorch_warmup
+
+    T = 2500
+    cls = pytorch_warmup.UntunedLinearWarmup if kind == "linear" else pytorch_warmup.UntunedExponentialWarmup
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=LR, betas=(0.9, beta2))
+    warm = cls(opt)
+    ref = []
+    for _ in range(T):
+        ref.append(opt.param_groups[0]["lr"])
+        opt.step()
+        with warm.dampening():
+            pass  # a constant lr: the warmup factor alone
+    cfg = {"name": f"untuned{kind}warmup", "tau_rounding": "truncate"}
+    ours, _ = _run_adam(cfg, T, beta2)
+    assert_close(ours, ref, label=f"{kind} beta2={beta2}")
+    rounded, _ = _run_adam({"name": f"untuned{kind}warmup"}, T, beta2)
+    tau_exact = (2.0 if kind == "linear" else 1.0) / (1.0 - beta2)
+    if int(tau_exact) != round(tau_exact):  # float noise: our default rounds where pytorch_warmup truncates
+        assert max(abs(a - b) for a, b in zip(rounded, ref)) > 1e-4 * LR
+
+
+def _run_adam(cfg, T, beta2):
+    sched = build_schedule(cfg, total_steps=T, optimizer_cfg={**OPT, "betas": [0.9, beta2]})
+    return [LR * sched(s) for s in range(T)], sched
+
+
+@pytest.mark.parametrize("period", [1, 2, 10, 37])
+@pytest.mark.parametrize("decay", ["constant", "linear"])
+def test_linearwarmup_matches_pytorch_warmup_linear_warmup(period, decay):
+    import pytorch_warmup
+
+    T = 60
+    opt = _optimizer()
+    base = tl.LambdaLR(opt, (lambda s: 1.0) if decay == "constant" else (lambda s: (T - s) / T))
+    warm = pytorch_warmup.LinearWarmup(opt, warmup_period=period)
+    ref = []
+    for _ in range(T):
+        ref.append(opt.param_groups[0]["lr"])
+        opt.step()
+        with warm.dampening():
+            base.step()
+    ours, _ = run_ours({"name": "linearwarmup", "warmup_steps": period, "warmup_ratio": None, "decay": decay}, T)
+    assert_close(ours, ref, label=f"period={period} {decay}")
+
+
+@pytest.mark.parametrize("W", [1, 2, 4, 40])
+def test_noam_count_from_1_is_the_annotated_transformer_noamopt(W):
+    """The Annotated Transformer (Rush 2018, nlp.seas.harvard.edu/2018/04/03/attention.html),
+    ``NoamOpt.step``: ``self._step += 1`` then ``rate = factor * model_size^-0.5 *
+    min(step^-0.5, step * warmup^-1.5)``: update ``s`` (from 0) uses ``rate(s + 1)``."""
+    d_model, factor, T = 64, 2.0, 120
+
+    def rate(step):
+        return factor * d_model ** -0.5 * min(step ** -0.5, step * W ** -1.5)
+
+    ours, _ = run_ours({"name": "noam", "count_from": 1, "d_model": d_model, "scale": factor, "warmup_steps": W,
+                        "warmup_ratio": None}, T, lr=1.0)
+    assert_close(ours, [rate(s + 1) for s in range(T)], label=f"noam W={W}")
+
+
+@pytest.mark.parametrize("W,T", pairs(totals=(2, 10, 37, 100), min_w=1))
+@pytest.mark.parametrize("warmup_lr_rate", [None, 0.0, 0.2])
+@pytest.mark.parametrize("min_lr_rate", [0.0, 0.1])
+def test_cosinewarmupwithminlr_matches_transformers(W, T, warmup_lr_rate, min_lr_rate):
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
+
+    ref = run_reference(lambda o: get_cosine_with_min_lr_schedule_with_warmup_lr_rate(
+        o, num_warmup_steps=W, num_training_steps=T, min_lr_rate=min_lr_rate, warmup_lr_rate=warmup_lr_rate), T)
+    ours, _ = run_ours({"name": "cosinewarmupwithminlr", "warmup_steps": W, "warmup_ratio": None,
+                        "warmup_lr_rate": warmup_lr_rate, "min_lr_rate": min_lr_rate}, T)
+    assert_close(ours, ref, label=f"W={W} T={T}")
+    if W < T:
+        assert ours[-1] == pytest.approx(LR * min_lr_rate, abs=1e-15)  # the floor on the last update
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.05, 0.1, 0.07, 0.5, 0.999])
+@pytest.mark.parametrize("T", [1, 10, 100, 1000])
+def test_warmup_steps_below_1_is_a_fraction_as_transformers_5_reads_it(fraction, T):
+    from transformers import TrainingArguments
+
+    from types import SimpleNamespace
+
+    # its own rule (TrainingArguments.get_warmup_steps reads self.warmup_steps only; building a
+    # TrainingArguments needs accelerate, which this project does not install)
+    ref = TrainingArguments.get_warmup_steps(SimpleNamespace(warmup_steps=fraction), T)
+    ours = build_schedule({"name": "warmupcosine", "warmup_steps": fraction}, T).warmup_steps
+    assert ours == ratio_to_steps(fraction, T)
+    if ours != ref:  # transformers takes ceil(T * fraction) straight, so float noise can add a step
+        # (1000 * 0.07 = 70.00000000000001 -> 71); ours rounds the product first, as for warmup_ratio
+        assert ref == ours + 1 and math.ceil(T * fraction) != math.ceil(round(T * fraction, 9))

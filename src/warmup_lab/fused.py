@@ -40,6 +40,7 @@ from .data.cifar import apply_crop_flip, crop_flip_params, random_crop_flip
 from .models.resnet import BasicBlock, CifarResNet
 from .jitter import log_step_stats
 from .schedules import ScheduleLR
+from .schedules.registry import VAL_DRIVEN
 
 FUSED_OPTIMIZERS = ("sgd", "adam", "adamw")
 PER_RUN_KEYS = ("seed", "optimizer.lr", "optimizer.weight_decay", "scheduler")
@@ -408,6 +409,8 @@ def fusable(cfg: DictConfig) -> str | None:
         return "amsgrad"
     if (cfg.trainer.get("metrics") or {}).get("curvature_interval"):
         return "the curvature probe runs in the trainer of a run alone"
+    if cfg.scheduler.get("name") in VAL_DRIVEN:
+        return f"scheduler {cfg.scheduler.get('name')} follows the run's own validation loss"
     return None
 
 

@@ -193,7 +193,15 @@ class Trainer:
         if r.best_val_acc is None or acc > r.best_val_acc:
             r.best_val_acc = acc
         r.history["val"].append({"step": self.step, "loss": loss, "acc": acc})
+        self._follow_val_history()
         return loss, acc
+
+    def _follow_val_history(self) -> None:
+        """A schedule driven by the validation history (reduce on plateau) gets the evaluations so
+        far; the lr of the next update follows. Nothing for a function of the step alone."""
+        if getattr(self.schedule, "needs_val_history", False):
+            self.schedule = self.schedule.with_val_history(self.result.history["val"])
+            self.lr_adapter.follow(self.schedule)
 
     def log_val(self, loss: float, acc: float, step: int) -> None:
         self.writer.scalar("val/loss", loss, step)
@@ -286,6 +294,7 @@ class Trainer:
         self.result = TrainResult(**state["result"])
         if self.result.status == "interrupted":
             self.result.status = "running"
+        self._follow_val_history()  # the schedule is rebuilt from the history the checkpoint holds
         set_rng_state(state["rng"])
 
     def relog_val(self, from_step: int) -> None:

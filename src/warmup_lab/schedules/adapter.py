@@ -48,6 +48,12 @@ class ScheduleLR:
         self.last_step += 1
         self._apply()
 
+    def follow(self, schedule: Callable[[int], float]) -> None:
+        """Use ``schedule`` from now on and set the lrs of the current step from it (a schedule
+        that follows the validation history, given the evaluation just done)."""
+        self.schedule = schedule
+        self._apply()
+
     def get_last_lr(self) -> list[float]:
         """The lr of each param group for the next update, as Python floats (no device sync; a
         tensor lr holds the same value rounded to its dtype)."""

@@ -135,11 +135,18 @@ class Knobs:
                        default_steps=None, default_ratio=None, lo: int = 0,
                        cap: bool = True) -> int:
         """An int number of steps from ``steps_key`` or ``ceil(horizon * ratio)`` from ``ratio_key``
-        (at least ``lo``); both null gives 0. When both are set the step count wins, as with
-        transformers' ``TrainingArguments`` (so ``warmup_steps=500`` needs no ``warmup_ratio=null``).
+        (at least ``lo``); both null gives 0. When both are set the step count wins (so
+        ``warmup_steps=500`` needs no ``warmup_ratio=null``). A ``warmup_steps`` float in [0, 1) is
+        a fraction, as transformers 5 reads it (``ceil(horizon * value)``, its rounding too).
         With ``cap`` it must not exceed ``horizon``."""
+        v = self.raw(steps_key, default_steps)
+        if steps_key == "warmup_steps" and isinstance(v, float) and 0 <= v < 1:
+            # transformers 5's form: a warmup_steps below 1 is a fraction of the run
+            self.number(ratio_key, default_ratio, 0.0, 1.0, hi_open=True, none_ok=True)
+            return self.keep(steps_key, max(lo, ratio_to_steps(v, horizon)))
         n = self.integer(steps_key, default_steps, lo=lo, none_ok=True,
-                         hint=f" (for a fraction use {self.key(ratio_key)})")
+                         hint=f" (for a fraction use {self.key(ratio_key)}"
+                              + (", or a float below 1" if steps_key == "warmup_steps" else "") + ")")
         r = self.number(ratio_key, default_ratio, 0.0, 1.0, hi_open=True, none_ok=True)
         if n is None:
             n = max(lo, ratio_to_steps(r, horizon)) if r is not None else 0

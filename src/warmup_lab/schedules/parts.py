@@ -230,3 +230,31 @@ class StableDecay:
             f = _shape(self.shape, q, self.num_cycles)
             return max(0.0, f * (1.0 - self.floor) + self.floor)
         return self.floor
+
+
+@dataclass(frozen=True)
+class WarmRestarts:
+    """SGDR (Loshchilov & Hutter): cosine from 1 down to ``floor`` over a period, then a restart at
+    1; the first period is ``t_0`` steps, each next one ``t_mult`` times longer (torch
+    ``CosineAnnealingWarmRestarts`` stepped once per update, ``floor = eta_min / lr``). Periods
+    repeat forever, past any horizon. At the first step of a period it is 1; it never reaches
+    ``floor`` exactly (the last step of a period is one step short of it)."""
+
+    t_0: int
+    t_mult: int = 1
+    floor: float = 0.0
+
+    def position(self, t: int) -> tuple[int, int]:
+        """``(t_cur, t_i)``: steps into the current period and that period's length (torch's
+        integer bookkeeping: ``t_cur += 1``, a restart when ``t_cur >= t_i``)."""
+        if self.t_mult == 1:
+            return t % self.t_0, self.t_0
+        t_i = self.t_0
+        while t >= t_i:
+            t -= t_i
+            t_i *= self.t_mult
+        return t, t_i
+
+    def __call__(self, t: int) -> float:
+        t_cur, t_i = self.position(t)
+        return self.floor + (1.0 - self.floor) * (1.0 + math.cos(math.pi * t_cur / t_i)) / 2.0

@@ -31,8 +31,10 @@ from .parts import (
     Ramp,
     StableDecay,
     Step,
+    WarmRestarts,
 )
-from .schedule import OneCycle, PiecewiseConstant, Schedule, WarmupThenDecay, WarmupTimesDecay
+from .schedule import (Cyclic, OneCycle, PiecewiseConstant, Plateau, Schedule, ShiftedCosine, TimmCosine, WarmupThenDecay,
+                       WarmupTimesDecay)
 
 Builder = Callable[[str, Knobs, int, dict | None], Schedule]
 SCHEDULES: dict[str, Builder] = {}
@@ -43,6 +45,8 @@ STEP_RATIO_PAIRS = (("warmup_steps", "warmup_ratio"), ("step_size", "step_ratio"
                     ("num_decay_steps", "decay_ratio"))
 ADAM_FAMILY = ("adam", "adamw", "radam")  # optimizers whose config has betas: [beta1, beta2]
 DAMPENED_DECAYS = ("constant", "linear", "cosine")
+#: Schedules whose lr follows the run's validation history: trained by a run of its own (not fused).
+VAL_DRIVEN = ("reduceonplateau",)
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
@@ -111,7 +115,15 @@ def _gamma(k: Knobs) -> float:
     return k.number("gamma", 0.1, 0.0, 1.0, lo_open=True)
 
 
-def _step_size(k: Knobs, H: int) -> int:
+def _step_size(k: Knobs, H: int) -> int | float:
+    """Steps between decays: an int, a fraction of the horizon (``step_ratio``), or a float number
+    of steps such as 2.5 (timm's float ``decay_t``: the decay count is ``t // step_size``)."""
+    v = k.raw("step_size", None)
+    if isinstance(v, float):
+        if not (math.isfinite(v) and v > 0):
+            k.fail("step_size", v, "must be > 0 (an int, or a float number of steps)")
+        k.number("step_ratio", 0.3, 0.0, 1.0, hi_open=True, none_ok=True)  # read: step_size wins
+        return k.keep("step_size", v)
     return k.steps_or_ratio("step_size", "step_ratio", H, "the decay horizon", default_ratio=0.3,
                             lo=1, cap=False)
 
@@ -188,6 +200,33 @@ def _polynomialdecay(name, k, T, opt):
     return WarmupThenDecay(name, T, w, Polynomial(T - w.steps, power, k.keep("end_factor", end)))
 
 
+@register("cosinewarmupwithminlr")
+def _cosinewarmupwithminlr(name, k, T, opt):
+    """transformers ``cosine_warmup_with_min_lr``: ``(s+1)/W`` for ``s < W`` (1 at the last warmup
+    step, W-1), then cosine over progress ``(s - W + 1)/(T - W)``, which reaches the floor
+    ``min_lr_rate`` at step T-1, the last update. ``warmup_lr_rate`` (null = the ``(s+1)/W``
+    form): linear from it to 1 over steps 0..W-1."""
+    W = k.steps_or_ratio("warmup_steps", "warmup_ratio", T, "total_steps", default_ratio=0.1)
+    cycles = k.number("num_cycles", 0.5, 0.0, lo_open=True)
+    rate = k.number("min_lr_rate", 0.1, 0.0, 1.0, none_ok=True)
+    min_lr = k.number("min_lr", None, 0.0, none_ok=True)
+    if (rate is None) == (min_lr is None):
+        raise ScheduleError(f"scheduler.min_lr_rate={fmt(rate)} and scheduler.min_lr="
+                            f"{fmt(min_lr)}: set exactly one of them (the other to null)")
+    if min_lr is not None:
+        lr = _optimizer_lr(opt, "min_lr")
+        if min_lr > lr:
+            k.fail("min_lr", min_lr, f"must be <= optimizer.lr={lr}")
+        rate = k.keep("min_lr_rate", min_lr / lr)
+    w_rate = k.number("warmup_lr_rate", None, 0.0, 1.0, none_ok=True)
+    if w_rate is None:  # (s+1)/W: a ramp over W-1 steps from 1/W
+        ramp = Ramp(max(0, W - 1), 1.0 / W if W else 1.0, "linear")
+    else:
+        ramp = Ramp(max(1, W - 1) if W else 0, w_rate, "linear")
+    horizon = max(1, T - W)
+    return ShiftedCosine(name, T, ramp, W, horizon, cycles, rate)
+
+
 @register("inversesqrt")
 def _inversesqrt(name, k, T, opt):
     """Warmup, then ``1/sqrt((s - W + timescale)/timescale)`` (transformers ``inverse_sqrt``)."""
@@ -209,6 +248,16 @@ def _noam(name, k, T, opt):
     d_model = k.integer("d_model", 512, lo=1)
     scale = k.number("scale", 1.0, 0.0, lo_open=True)
     peak = scale * (d_model * w.steps) ** -0.5
+    if k.integer("count_from", 0, lo=0) == 1:  # the Annotated Transformer's NoamOpt: rate(s + 1)
+        if k.raw("start_factor", None) is not None:
+            k.fail("start_factor", k.raw("start_factor", None), "must be null with count_from=1 "
+                   "(the first update uses rate(1) = peak / warmup_steps)")
+        W = w.steps  # (s+1)/W up to the peak at step W-1, then sqrt(W/(s+1))
+        return WarmupThenDecay(name, T, Ramp(W - 1, k.keep("start_factor", 1.0 / W), "linear"), InverseSqrt(W),
+                               peak=peak)
+    if k.resolved["count_from"] != 0:
+        k.fail("count_from", k.resolved["count_from"], "allowed 0 (Vaswani et al.: rate(s)) or 1 "
+               "(the Annotated Transformer's NoamOpt: rate(s + 1))")
     return WarmupThenDecay(name, T, w, InverseSqrt(w.steps), peak=peak)
 
 
@@ -362,13 +411,35 @@ def _exp_dampened(name, k, T, tau):
     return WarmupTimesDecay(name, T, ExpRamp(tau, a), _dampened_decay(k, T), tau)
 
 
+def _untuned_period(k: Knobs, exact: float) -> int:
+    """The untuned warmup period from its formula's value: ``round`` (the default: 2/(1-0.999)
+    is 1999.9999999999998 in floats, and the paper's period is 2000) or ``truncate``
+    (pytorch_warmup's ``int(...)``: 1999)."""
+    how = k.choice("tau_rounding", "round", ("round", "truncate"))
+    return max(1, round(exact) if how == "round" else int(exact))
+
+
+@register("linearwarmup")
+def _linearwarmup(name, k, T, opt):
+    """pytorch_warmup ``LinearWarmup(warmup_period=tau)``: ``min(1, (s+1)/tau) * decay(s)`` with
+    ``tau`` = warmup_steps, the decay's clock from step 0 (a dampened warmup with a chosen
+    period, no beta2); W = tau - 1."""
+    tau = k.steps_or_ratio("warmup_steps", "warmup_ratio", T, "total_steps", default_ratio=0.1)
+    if tau < 1:
+        k.fail("warmup_steps", tau, "must be >= 1 for linearwarmup (it is the warmup period tau)")
+    a = k.number("start_factor", None, 0.0, 1.0, none_ok=True)
+    a = k.keep("start_factor", 1.0 / tau if a is None else a)
+    return WarmupTimesDecay(name, T, Ramp(tau - 1, a, "linear"), _dampened_decay(k, T), tau - 1)
+
+
 @register("untunedlinearwarmup")
 def _untunedlinearwarmup(name, k, T, opt):
-    """Ma & Yarats: ``min(1, (s+1)/tau)``, ``tau = round(2/(1-beta2))`` with beta2 from the
-    optimizer, times ``decay(s)`` (pytorch_warmup ``UntunedLinearWarmup``); W = tau - 1."""
+    """Ma & Yarats: ``min(1, (s+1)/tau)``, ``tau = 2/(1-beta2)`` with beta2 from the optimizer,
+    rounded (``tau_rounding: round``) or truncated as pytorch_warmup does (``truncate``), times
+    ``decay(s)`` (pytorch_warmup ``UntunedLinearWarmup``); W = tau - 1."""
     _no_warmup(k, name, "its warmup is 2/(1-beta2) steps, beta2 from optimizer.betas")
     b2 = k.keep("beta2", _beta2(opt, name))
-    tau = k.keep("tau", round(2.0 / (1.0 - b2)))
+    tau = k.keep("tau", _untuned_period(k, 2.0 / (1.0 - b2)))
     W = tau - 1
     if W > T:
         k.fail("name", name, f"its warmup 2/(1-beta2)-1 = {W} steps (optimizer.betas[1]={b2}) "
@@ -380,16 +451,116 @@ def _untunedlinearwarmup(name, k, T, opt):
 
 @register("untunedexponentialwarmup")
 def _untunedexponentialwarmup(name, k, T, opt):
-    """Ma & Yarats: ``1 - exp(-(s+1)/tau)``, ``tau = round(1/(1-beta2))`` with beta2 from the
-    optimizer, times ``decay(s)`` (pytorch_warmup ``UntunedExponentialWarmup``)."""
+    """Ma & Yarats: ``1 - exp(-(s+1)/tau)``, ``tau = 1/(1-beta2)`` with beta2 from the optimizer,
+    rounded or truncated (``tau_rounding``), times ``decay(s)`` (pytorch_warmup
+    ``UntunedExponentialWarmup``)."""
     _no_warmup(k, name, "its time constant is 1/(1-beta2) steps, beta2 from optimizer.betas")
     b2 = k.keep("beta2", _beta2(opt, name))
-    tau = k.keep("tau", round(1.0 / (1.0 - b2)))
+    tau = k.keep("tau", _untuned_period(k, 1.0 / (1.0 - b2)))
     if tau > T:
         k.fail("name", name, f"its warmup time constant 1/(1-beta2) = {tau} steps "
                              f"(optimizer.betas[1]={b2}) is longer than total_steps={T}: "
                              f"use a smaller beta2 or a longer run")
     return _exp_dampened(name, k, T, tau)
+
+
+# -- restarts, cycles, plateaus --------------------------------------------------------------------
+def _floor_from_lr(k: Knobs, key: str, opt, default=0.0) -> float:
+    """An absolute lr floor (``eta_min``, ``lr_min``) as a fraction of optimizer.lr."""
+    v = k.number(key, default, 0.0)
+    if v == 0:
+        return 0.0
+    lr = _optimizer_lr(opt, key)
+    if v > lr:
+        k.fail(key, v, f"must be <= optimizer.lr={lr}")
+    return v / lr
+
+
+@register("sgdr")
+def _sgdr(name, k, T, opt):
+    """SGDR, torch ``CosineAnnealingWarmRestarts(T_0, T_mult, eta_min)`` stepped per update:
+    cosine periods of ``t_0`` steps (or ``t_0_ratio`` of the steps after the warmup), each next
+    one ``t_mult`` times longer, restarting at the peak. Optional warmup first (then the periods
+    start when it ends; torch's has none)."""
+    w = _warmup(k, T, default_ratio=0.0)
+    t_0 = k.steps_or_ratio("t_0", "t_0_ratio", T - w.steps, "total_steps - warmup_steps",
+                           default_ratio=0.25, lo=1, cap=False)
+    t_mult = k.integer("t_mult", 1, lo=1)
+    floor = k.keep("floor", _floor_from_lr(k, "eta_min", opt))
+    return WarmupThenDecay(name, T, w, WarmRestarts(t_0, t_mult, floor))
+
+
+@register("timmcosine")
+def _timmcosine(name, k, T, opt):
+    """timm ``CosineLRScheduler`` per update: warmup from ``warmup_lr_init`` over W steps (inside
+    the first cycle unless ``warmup_prefix``), cycles of ``t_initial`` steps (null = the run,
+    less the warmup with ``warmup_prefix``) with ``cycle_mul``, ``cycle_decay`` and
+    ``cycle_limit``, down to ``lr_min``; ``k_decay``; ``cycle_warmup`` warms up every cycle."""
+    W = k.steps_or_ratio("warmup_steps", "warmup_ratio", T, "total_steps", default_ratio=0.0)
+    prefix = k.flag("warmup_prefix", False)
+    t_initial = k.integer("t_initial", None, lo=1, none_ok=True)
+    t_initial = k.keep("t_initial", t_initial or max(1, T - W if prefix else T))
+    a = k.keep("start_factor", _floor_from_lr(k, "warmup_lr_init", opt))
+    floor = k.keep("floor", _floor_from_lr(k, "lr_min", opt))
+    cycle_mul = k.number("cycle_mul", 1.0, 0.0, lo_open=True)
+    cycle_decay = k.number("cycle_decay", 1.0, 0.0, 1.0, lo_open=True)
+    cycle_limit = k.integer("cycle_limit", 1, lo=1)
+    k_decay = k.number("k_decay", 1.0, 0.0, lo_open=True)
+    cycle_warmup = k.flag("cycle_warmup", False)
+    if cycle_warmup and W >= t_initial:
+        k.fail("warmup_steps", W, f"must be < t_initial={t_initial} with cycle_warmup")
+    return TimmCosine(name, T, W, t_initial, a, floor, cycle_mul, cycle_decay, cycle_limit, prefix, k_decay,
+                      cycle_warmup)
+
+
+@register("cycliclr")
+def _cycliclr(name, k, T, opt):
+    """torch ``CyclicLR`` (``cycle_momentum=False``) with ``max_lr`` = optimizer.lr: up from
+    ``base_lr`` (absolute) or ``base_factor`` (of optimizer.lr; set one) over ``step_size_up``
+    steps (or ``step_up_ratio`` of the run), down over ``step_size_down`` (null = up), in mode
+    ``triangular`` | ``triangular2`` | ``exp_range`` (``gamma``)."""
+    _no_warmup(k, name, "its rising half-cycles are its warmup (step_size_up)")
+    up = k.steps_or_ratio("step_size_up", "step_up_ratio", T, "total_steps", default_ratio=0.125, lo=1,
+                          cap=False)
+    down = k.integer("step_size_down", None, lo=1, none_ok=True)
+    down = k.keep("step_size_down", up if down is None else down)
+    mode = k.choice("mode", "triangular", ("triangular", "triangular2", "exp_range"))
+    gamma = k.number("gamma", 1.0, 0.0, 1.0, lo_open=True)
+    base_lr = k.number("base_lr", None, 0.0, none_ok=True)
+    factor = k.number("base_factor", 0.1, 0.0, 1.0, none_ok=True)
+    if (base_lr is None) == (factor is None):
+        raise ScheduleError(f"scheduler.base_lr={fmt(base_lr)} and scheduler.base_factor={fmt(factor)}: "
+                            f"set exactly one of them (the other to null)")
+    if base_lr is not None:
+        lr = _optimizer_lr(opt, "base_lr")
+        if base_lr > lr:
+            k.fail("base_lr", base_lr, f"must be <= optimizer.lr={lr} (the max_lr)")
+        factor = k.keep("base_factor", base_lr / lr)
+    return Cyclic(name, T, up, down, factor, mode, gamma)
+
+
+@register("reduceonplateau")
+def _reduceonplateau(name, k, T, opt):
+    """torch ``ReduceLROnPlateau`` driven by the validation loss (or accuracy) at each evaluation:
+    ``factor``, ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``, ``min_lr``
+    (absolute), ``eps``, ``mode``; an optional warmup first (evaluations during it are not
+    counted). A pure function of the step and the run's validation history (:class:`Plateau`)."""
+    w = _warmup(k, T, default_ratio=0.0)
+    monitor = k.choice("monitor", "loss", ("loss", "acc"))
+    mode = k.choice("mode", "min" if monitor == "loss" else "max", ("min", "max"))
+    factor = k.number("factor", 0.1, 0.0, 1.0, lo_open=True, hi_open=True)
+    patience = k.integer("patience", 10, lo=0)
+    threshold = k.number("threshold", 1e-4, 0.0)
+    threshold_mode = k.choice("threshold_mode", "rel", ("rel", "abs"))
+    cooldown = k.integer("cooldown", 0, lo=0)
+    min_lr = k.number("min_lr", 0.0, 0.0)
+    eps = k.number("eps", 1e-8, 0.0)
+    lr = (opt or {}).get("lr")
+    lr = float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 else 1.0
+    if min_lr > lr:
+        k.fail("min_lr", min_lr, f"must be <= optimizer.lr={lr}")
+    return Plateau(name, T, w, lr, monitor, mode, factor, patience, threshold, threshold_mode, cooldown,
+                   min_lr, eps)
 
 
 # -- entry point --------------------------------------------------------------------------------
