@@ -94,14 +94,14 @@ def test_slurm_launcher_renders_the_sbatch_script(tmp_path, monkeypatch):
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     text = executor._executor._make_submission_file_text("python -m job", "uid")
-    for line in ("--partition=gpu", "--time=240", "--cpus-per-task=4", "--gpus-per-node=2",
+    for line in ("--partition=gpu", "--time=240", "--cpus-per-task=2", "--gpus-per-node=2", "--mem=8GB",
                  "--requeue", "--signal=USR2@120"):
         assert f"#SBATCH {line}\n" in text
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(cfg)
     try:
-        assert cfg.trainer.threads == 4  # = cpus_per_task
+        assert cfg.trainer.threads == 2  # = cpus_per_task
     finally:
         HydraConfig.instance().cfg = None
 

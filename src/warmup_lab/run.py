@@ -129,6 +129,10 @@ def _run_locked(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> dict:
     if restarts:
         meta["restarts"] = restarts
     sessions = list(earlier_meta.get("sessions", []))
+    if earlier_meta.get("status") == "running":  # that session never ended (SIGKILL, a node lost, OOM): say so
+        sessions.append({"start_time": earlier_meta.get("start_time"), "end_time": None, "status": "killed",
+                         "from_step": earlier_meta.get("resumed_from_step") or 0, "to_step": None,
+                         "hostname": earlier_meta.get("hostname"), "device_name": earlier_meta.get("device_name")})
     write_json(run_dir / "run_meta.json", meta)
     metrics = {"status": "failed", "diverged_step": None}
     started = time.perf_counter()

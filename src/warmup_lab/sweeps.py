@@ -290,3 +290,50 @@ class SweepStop:
             except OSError:
                 pass
         (self.sweep_dir / STOP_FILE).unlink(missing_ok=True)
+
+
+# -- SLURM: jobs that outlived the process that submitted them -------------------------------------
+def slurm_job_of(run_dir: Path) -> str | None:
+    """The SLURM job (``<array>_<task>`` or a plain id) that last ran ``run_dir``, from its
+    ``run_meta.json``; None if SLURM never ran it."""
+    from .runinfo import read_json
+
+    meta = read_json(Path(run_dir) / "run_meta.json") or {}
+    job, task = meta.get("slurm_job_id"), meta.get("slurm_array_task_id")
+    if not job:
+        return None
+    return f"{job}_{task}" if task not in (None, "") else str(job)
+
+
+def release_slurm_jobs(run_dirs: list[Path], wait_s: float = 300.0, poll_s: float = 1.0) -> list[str]:
+    """Cancel the SLURM jobs still running (or pending) in ``run_dirs``: a sweep that resumes
+    after its submitting process was killed resubmits those runs, and the jobs of the dead
+    submission must not write beside the new ones. ``scancel`` sends SIGTERM first (the run
+    checkpoints after its step: train.py under submitit), then SIGKILL after the cluster's
+    KillWait; this waits until the jobs have left the queue, so the new ones find the directory
+    free and continue from that checkpoint. Returns the cancelled job ids."""
+    import shutil
+    import subprocess
+    import time
+
+    if shutil.which("squeue") is None:
+        return []
+    jobs = {j for j in (slurm_job_of(d) for d in run_dirs) if j}
+    if not jobs:
+        return []
+
+    def alive() -> set[str]:
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(sorted(jobs))], capture_output=True,
+                             text=True)
+        return {line.strip() for line in out.stdout.splitlines() if line.strip()} & jobs
+
+    running = alive()
+    if not running:
+        return []
+    print(f"cancelling SLURM job(s) {', '.join(sorted(running))} of the earlier submission (they checkpoint "
+          f"first); their runs continue in the new jobs", flush=True)
+    subprocess.run(["scancel", *sorted(running)], check=False)
+    deadline = time.monotonic() + wait_s
+    while alive() and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    return sorted(running)

@@ -39,7 +39,7 @@ from warmup_lab.progress import SweepProgress
 from warmup_lab.runinfo import write_json
 from warmup_lab.tb import view_hint, write_sweep_experiment
 from warmup_lab.study import Study
-from warmup_lab.sweeps import (IGNORED_OVERRIDES, SweepStop, format_summary, job_dirs, plan_resume,
+from warmup_lab.sweeps import (IGNORED_OVERRIDES, SweepStop, format_summary, job_dirs, plan_resume, release_slurm_jobs,
                                run_status, summarize)
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,8 @@ class ResumableSweeper(BasicSweeper):
             n_cont = sum(p["action"] == "continue" for p in todo)
             print(f"resuming sweep {sweep_dir}: {len(done)} finished (skipped), {n_cont} to "
                   f"continue, {len(todo) - n_cont} new", flush=True)
+        if resume and type(self.launcher).__name__ == "SlurmLauncher":  # jobs of a killed submission
+            release_slurm_jobs([sweep_dir / p["subdir"] for p in todo if p["action"] == "continue"])
         batch_jobs = [p["overrides"] + ([f"hydra.sweep.subdir={p['subdir']}"] if p["subdir"] else [])
                       for p in todo]
         with SweepProgress(sweep_dir, len(plan), len(done), prefix, total_planned=total):
