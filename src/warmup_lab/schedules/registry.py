@@ -166,11 +166,9 @@ def _warmupcosinewithhardrestarts(name, k, T, opt):
     return WarmupThenDecay(name, T, w, CosineRestarts(T - w.steps, cycles))
 
 
-@register("warmupcosinewithminlr")
-def _warmupcosinewithminlr(name, k, T, opt):
-    """Warmup, then cosine down to a floor (transformers ``cosine_with_min_lr``)."""
-    w = _warmup(k, T)
-    cycles = k.number("num_cycles", 0.5, 0.0, lo_open=True)
+def _min_lr_rate(k: Knobs, opt) -> float:
+    """The cosine floor as a fraction of the peak: ``min_lr_rate``, or the absolute ``min_lr``
+    divided by optimizer.lr (set exactly one; transformers' two ways of saying it)."""
     rate = k.number("min_lr_rate", 0.1, 0.0, 1.0, none_ok=True)
     min_lr = k.number("min_lr", None, 0.0, none_ok=True)
     if (rate is None) == (min_lr is None):
@@ -181,6 +179,15 @@ def _warmupcosinewithminlr(name, k, T, opt):
         if min_lr > lr:
             k.fail("min_lr", min_lr, f"must be <= optimizer.lr={lr}")
         rate = k.keep("min_lr_rate", min_lr / lr)
+    return rate
+
+
+@register("warmupcosinewithminlr")
+def _warmupcosinewithminlr(name, k, T, opt):
+    """Warmup, then cosine down to a floor (transformers ``cosine_with_min_lr``)."""
+    w = _warmup(k, T)
+    cycles = k.number("num_cycles", 0.5, 0.0, lo_open=True)
+    rate = _min_lr_rate(k, opt)
     return WarmupThenDecay(name, T, w, Cosine(T - w.steps, cycles, rate))
 
 
@@ -208,16 +215,7 @@ def _cosinewarmupwithminlr(name, k, T, opt):
     form): linear from it to 1 over steps 0..W-1."""
     W = k.steps_or_ratio("warmup_steps", "warmup_ratio", T, "total_steps", default_ratio=0.1)
     cycles = k.number("num_cycles", 0.5, 0.0, lo_open=True)
-    rate = k.number("min_lr_rate", 0.1, 0.0, 1.0, none_ok=True)
-    min_lr = k.number("min_lr", None, 0.0, none_ok=True)
-    if (rate is None) == (min_lr is None):
-        raise ScheduleError(f"scheduler.min_lr_rate={fmt(rate)} and scheduler.min_lr="
-                            f"{fmt(min_lr)}: set exactly one of them (the other to null)")
-    if min_lr is not None:
-        lr = _optimizer_lr(opt, "min_lr")
-        if min_lr > lr:
-            k.fail("min_lr", min_lr, f"must be <= optimizer.lr={lr}")
-        rate = k.keep("min_lr_rate", min_lr / lr)
+    rate = _min_lr_rate(k, opt)
     w_rate = k.number("warmup_lr_rate", None, 0.0, 1.0, none_ok=True)
     if w_rate is None:  # (s+1)/W: a ramp over W-1 steps from 1/W
         ramp = Ramp(max(0, W - 1), 1.0 / W if W else 1.0, "linear")
