@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -23,6 +24,19 @@ FAST = ["trainer.progress=false", "trainer.max_steps=6", "trainer.eval_interval=
         "trainer.threads=1", "scheduler.warmup_ratio=null", "scheduler.warmup_steps=2"]
 TINY_TRANSFORMER = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2"]
 TINY_BYTES = ["data.max_bytes=20000", "data.context_length=16", "data.eval_sequences=8"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_data_cache(tmp_path_factory):
+    """MNIST-1D's generated arrays are cached in the user cache dir (data/mnist1d.py): the tests,
+    and the runs they start as subprocesses, use a cache of their own."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
 
 
 def options(group: str) -> list[str]:

@@ -57,6 +57,16 @@ BAD = [
     ([*T, "model.patch_size=3"], "model.patch_size=3", "image side 8"),
     ([*BYTES, "model.context_length=8"], "model.context_length=8", ">= 16"),
     (["data=bytes"], "model=resnet20", "needs image data"),
+    (["data=mnist1d"], "model=resnet20", "use model=resnet1d or model=transformer"),
+    (["model=resnet1d"], "model=resnet1d", "needs 1-D signals (data=mnist1d)"),
+    (["model=resnet1d", "data=mnist1d", "model.kernel_size=4"], "model.kernel_size=4", "must be odd"),
+    (["model=resnet1d", "data=mnist1d", "model.depth=9"], "model.depth=9", "6n+2"),
+    (["data=mnist1d", *T, "model.patch_size=3"], "model.patch_size=3", "signal length 40"),
+    (["model=resnet1d", "data=mnist1d", "data.num_samples=100", "trainer.batch_size=128"],
+     "trainer.batch_size=128", "use at most 80"),
+    (["model=resnet1d", "data=mnist1d", "data.num_samples=5"], "data.num_samples=5", ">= 10"),
+    (["model=resnet1d", "data=mnist1d", "data.train_split=1"], "data.train_split=1", "(0, 1)"),
+    (["model=resnet1d", "data=mnist1d", "data.cache=sometimes"], "data.cache=sometimes", "true or false"),
     # data knobs, data x trainer, data files
     (["data.val_fraction=0"], "data.val_fraction=0", "(0, 1)"),
     (["data.val_fraction=1"], "data.val_fraction=1", "(0, 1)"),
@@ -106,7 +116,7 @@ def test_every_bad_input_is_one_line_naming_the_key_and_what_is_allowed(override
                                                                        monkeypatch):
     import warmup_lab.data as data
 
-    for loader in ("load_bytes", "load_digits", "load_cifar10"):  # nothing may be loaded to find out
+    for loader in ("load_bytes", "load_digits", "load_cifar10", "load_mnist1d"):  # nothing may be loaded to find out
         monkeypatch.setattr(data, loader, lambda *a, **k: pytest.fail("data was loaded"))
     argv = [o.format(**_files(tmp_path)) for o in overrides]
     msg = _check(argv)
@@ -128,7 +138,8 @@ def test_every_model_data_and_optimizer_option_passes_with_its_defaults(tmp_path
     write_tiny_cifar(tmp_path)
     for group in ("model", "data", "optimizer"):
         for opt in options(group):
-            extra = {("data", "bytes"): BYTES, ("data", "cifar10"): [f"data.root={tmp_path}"]}.get((group, opt), [])
+            extra = {("data", "bytes"): BYTES, ("data", "cifar10"): [f"data.root={tmp_path}"],
+                     ("data", "mnist1d"): ["model=resnet1d"], ("model", "resnet1d"): ["data=mnist1d"]}.get((group, opt), [])
             check_command_line([f"{group}={opt}", *extra])
             validate(compose_cfg(f"{group}={opt}", *extra))
 

@@ -15,6 +15,7 @@ GROUPS = ["model", "data", "optimizer", "scheduler", "trainer"]
 SPECS = {"resnet20": DataSpec("classification", (1, 8, 8), 10),
          "resnet56": DataSpec("classification", (1, 8, 8), 10),
          "resnet18": DataSpec("classification", (3, 16, 16), 10),
+         "resnet1d": DataSpec("classification", (1, 40), 10),
          "transformer": DataSpec("lm", (16,), 256)}
 
 
@@ -24,8 +25,8 @@ def test_every_group_has_options():
     assert {"constantlr", "warmupconstant", "warmuplinear", "warmupcosine",
             "warmupcosinewithhardrestarts"} <= set(options("scheduler"))
     assert {"sgd", "adamw", "adam", "radam", "rmsprop"} == set(options("optimizer"))
-    assert {"resnet20", "resnet56", "resnet18", "transformer"} == set(options("model"))
-    assert {"digits", "bytes", "cifar10"} == set(options("data"))
+    assert {"resnet20", "resnet56", "resnet18", "resnet1d", "transformer"} == set(options("model"))
+    assert {"digits", "bytes", "cifar10", "mnist1d"} == set(options("data"))
 
 
 @pytest.mark.parametrize("name", options("model"))
@@ -40,7 +41,8 @@ def test_model_options_build(name):
 
 @pytest.mark.parametrize("name", options("data"))
 def test_data_options_load(name, tmp_path):
-    extra = {"bytes": TINY_BYTES, "cifar10": [f"data.root={write_tiny_cifar(tmp_path)}"]}
+    extra = {"bytes": TINY_BYTES, "cifar10": [f"data.root={write_tiny_cifar(tmp_path)}"],
+             "mnist1d": ["data.num_samples=200"]}
     cfg = compose_cfg(f"data={name}", *extra.get(name, []))
     data = instantiate(cfg.data)
     assert data.name == name and len(data.val_x) > 0 and data.num_train > 0

@@ -20,6 +20,8 @@ MODEL_DATA = [
     ("resnet18", "digits", []),
     ("transformer", "digits", TINY_TRANSFORMER),
     ("transformer", "bytes", TINY_TRANSFORMER + TINY_BYTES),
+    ("resnet1d", "mnist1d", ["data.num_samples=400"]),
+    ("transformer", "mnist1d", TINY_TRANSFORMER + ["data.num_samples=400", "model.patch_size=4"]),
 ]
 
 

@@ -109,6 +109,8 @@ SCHEMA: dict[str, dict[str, dict[str, Knob]]] = {
     "model": {
         "warmup_lab.models.cifar_resnet": {"depth": I(8), "width": I(1), "shortcut": Knob("choice", choices=("A", "B"))},
         "warmup_lab.models.resnet18": {},
+        "warmup_lab.models.resnet1d": {"depth": I(8), "width": I(1), "kernel_size": I(1),
+                                       "shortcut": Knob("choice", choices=("A", "B"))},
         "warmup_lab.models.transformer": {
             "n_layers": I(1), "d_model": I(1), "n_heads": I(1), "d_ff": I(1, null=True), "dropout": F(0, 1, hi_open=True),
             "context_length": I(1, null=True), "norm_first": BOOL, "final_norm": BOOL, "patch_size": I(1),
@@ -119,6 +121,8 @@ SCHEMA: dict[str, dict[str, dict[str, Knob]]] = {
                                        "context_length": I(1), "eval_sequences": I(1)},
         "warmup_lab.data.load_cifar10": {"root": STR, "download": BOOL, "augment": BOOL, "train_subset": I(1, null=True)},
         "warmup_lab.data.load_digits": {"val_fraction": FRACTION, "split_seed": I(0)},
+        "warmup_lab.data.load_mnist1d": {"num_samples": I(10), "seed": I(0), "train_split": FRACTION, "cache": BOOL,
+                                         "cache_dir": Knob("str", null=True)},
     },
     "optimizer": {
         "torch.optim.SGD": {**_OPT, "momentum": F(0, 1, hi_open=True), "nesterov": BOOL, "dampening": F(0, 1)},
@@ -138,6 +142,8 @@ METRICS_KEYS = ("jitter_window", "spike_threshold", "loss_threshold", "early_fra
                 "update_ratio", "layers", "curvature_interval", "curvature_iters", "curvature_batch")
 TOP_KEYS = ("seed", "task_name", "paths", "study", "model", "data", "optimizer", "scheduler", "trainer", "hydra")
 IMAGE_DATA = {"warmup_lab.data.load_digits": ("digits", 1, 8, 1797), "warmup_lab.data.load_cifar10": ("cifar10", 3, 32, 50000)}
+SIGNAL_DATA = {"warmup_lab.data.load_mnist1d": ("mnist1d", 1, 40)}  # 1-D signals: (name, channels, length)
+IMAGE_MODELS = ("warmup_lab.models.cifar_resnet", "warmup_lab.models.resnet18")
 DIGITS_PER_CLASS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
 
 
@@ -203,9 +209,24 @@ def cross_checks(c: dict) -> None:
     mt, dt = model.get("_target_"), data.get("_target_")
     image = IMAGE_DATA.get(dt)
     lm = dt == "warmup_lab.data.load_bytes"
-    if mt in ("warmup_lab.models.cifar_resnet", "warmup_lab.models.resnet18") and lm:
+    signal = SIGNAL_DATA.get(dt)
+    if mt in IMAGE_MODELS and lm:
         raise ConfigError(f"model={model.get('name')} needs image data (data=digits or data=cifar10), but "
                           f"data={data.get('name')} is a byte-level language-model corpus: use model=transformer")
+    if mt in IMAGE_MODELS and signal is not None:
+        raise ConfigError(f"model={model.get('name')} needs image data (data=digits or data=cifar10), but "
+                          f"data={data.get('name')} is 1-D signals: use model=resnet1d or model=transformer")
+    if mt == "warmup_lab.models.resnet1d":
+        if signal is None and dt in (*IMAGE_DATA, "warmup_lab.data.load_bytes"):
+            raise ConfigError(f"model=resnet1d needs 1-D signals (data=mnist1d), but data={data.get('name')} is "
+                              f"{'a byte-level corpus' if lm else 'images'}: use "
+                              f"{'model=transformer' if lm else 'model=resnet20 or model=transformer'}")
+        if (model["depth"] - 2) % 6:
+            raise ConfigError(f"model.depth={model['depth']} is invalid: a ResNet here has 6n+2 layers (8, 14, 20, "
+                              f"32, ...)")
+        if model["kernel_size"] % 2 == 0:
+            raise ConfigError(f"model.kernel_size={model['kernel_size']} is invalid: it must be odd (3, 5, 7, ...) so "
+                              f"the padding keeps the length")
     if mt == "warmup_lab.models.cifar_resnet" and (model["depth"] - 2) % 6:
         raise ConfigError(f"model.depth={model['depth']} is invalid: a CIFAR ResNet has 6n+2 layers (8, 14, 20, 32, "
                           f"44, 56, 110, ...)")
@@ -219,6 +240,13 @@ def cross_checks(c: dict) -> None:
                 raise ConfigError(f"model.patch_size={model['patch_size']} is invalid: it must divide the image side "
                                   f"{side} of data={image[0]}")
             tokens = (side // model["patch_size"]) ** 2
+        elif signal is not None:
+            length = signal[2]
+            if length % model["patch_size"]:
+                raise ConfigError(f"model.patch_size={model['patch_size']} is invalid: it must divide the signal "
+                                  f"length {length} of data={signal[0]} "
+                                  f"({', '.join(str(d) for d in _divisors(length))})")
+            tokens = length // model["patch_size"]
         else:
             tokens = data.get("context_length")
         ctx = model.get("context_length")
@@ -228,6 +256,14 @@ def cross_checks(c: dict) -> None:
     if opt.get("_target_") == "torch.optim.SGD" and opt.get("nesterov") and not opt.get("momentum"):
         raise ConfigError(f"optimizer.nesterov=true needs optimizer.momentum > 0 (it is {fmt(opt.get('momentum'))})")
     batch = tr.get("batch_size")
+    if signal is not None and isinstance(batch, int):
+        from .data.mnist1d import split_sizes
+
+        n_train = split_sizes(data["num_samples"], data["train_split"])[0]
+        if batch > n_train:
+            raise ConfigError(f"trainer.batch_size={batch} is invalid: the training split of data={signal[0]} has "
+                              f"{n_train} signals (data.num_samples={data['num_samples']} x data.train_split="
+                              f"{fmt(data['train_split'])}); use at most {n_train} or more samples")
     if image is not None and isinstance(batch, int):
         n_train = _image_train_size(dt, data, image)
         if batch > n_train:

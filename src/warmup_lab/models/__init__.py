@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from warmup_lab.models.resnet import as_data_spec, cifar_resnet, resnet18
+from warmup_lab.models.resnet import as_data_spec, cifar_resnet, resnet1d, resnet18
 from warmup_lab.models.transformer import transformer
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "count_parameters",
     "no_decay_param_names",
     "resnet18",
+    "resnet1d",
     "transformer",
 ]
 

@@ -3,6 +3,8 @@
 ``cifar_resnet``: the CIFAR ResNets of He et al. 2016 (arXiv:1512.03385, Sec. 4.2): a 3x3 conv,
 three stages of ``n`` basic blocks with widths ``w, 2w, 4w`` (the last two start with stride 2),
 global average pooling and a linear classifier; ``6n + 2`` weighted layers in all.
+``resnet1d``: the same network with 1-D convolutions (kernel ``kernel_size``), for signals
+``(B, C, L)`` such as MNIST-1D.
 ``resnet18``: torchvision's ImageNet ResNet-18 with a small-image stem (3x3 stride-1 conv1, no
 max-pool), as commonly used on CIFAR.
 """
@@ -44,35 +46,41 @@ def _image_spec(spec, model_name: str) -> tuple[int, int, int]:
     return c, h, w
 
 
+CONV = {1: nn.Conv1d, 2: nn.Conv2d}
+BATCHNORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
+
+
 class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with a shortcut; ReLU after the addition (He et al. 2016).
+    """Two k x k conv-BN layers with a shortcut; ReLU after the addition (He et al. 2016).
 
     ``shortcut`` applies only when the shape changes (stride 2 / more channels): ``"A"`` takes
     every other pixel and zero-pads the new channels (parameter free), ``"B"`` is a 1x1 strided
-    conv + BN projection. Same-shape shortcuts are the identity in both cases.
+    conv + BN projection. Same-shape shortcuts are the identity in both cases. ``dim``: 2 for
+    images, 1 for signals; ``kernel_size`` odd (padding keeps the length).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, shortcut: str) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, shortcut: str, dim: int = 2,
+                 kernel_size: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_ch)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
+        conv, bn, k = CONV[dim], BATCHNORM[dim], kernel_size
+        self.conv1 = conv(in_ch, out_ch, k, stride, k // 2, bias=False)
+        self.bn1 = bn(out_ch)
+        self.conv2 = conv(out_ch, out_ch, k, 1, k // 2, bias=False)
+        self.bn2 = bn(out_ch)
         self.stride = stride
+        self.dim = dim
         self.pad = out_ch - in_ch
         self.projection: nn.Module | None = None
         if (stride != 1 or in_ch != out_ch) and shortcut == "B":
-            self.projection = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
-            )
+            self.projection = nn.Sequential(conv(in_ch, out_ch, 1, stride, bias=False), bn(out_ch))
 
     def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
         if self.projection is not None:
             return self.projection(x)
         if self.stride != 1:
-            x = x[:, :, :: self.stride, :: self.stride]
+            x = x[..., :: self.stride] if self.dim == 1 else x[:, :, :: self.stride, :: self.stride]
         if self.pad:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.pad))  # zero channels appended at the end
+            x = F.pad(x, (0, 0) * self.dim + (0, self.pad))  # zero channels appended at the end
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,35 +90,39 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for small images; input ``(B, C, H, W)``, output logits ``(B, classes)``."""
+    """ResNet-(6n+2) for small images ``(B, C, H, W)`` (``dim=2``) or signals ``(B, C, L)``
+    (``dim=1``); output logits ``(B, classes)``."""
 
     def __init__(
-        self, in_channels: int, num_classes: int, n: int, width: int = 16, shortcut: str = "A"
+        self, in_channels: int, num_classes: int, n: int, width: int = 16, shortcut: str = "A",
+        dim: int = 2, kernel_size: int = 3,
     ) -> None:
         super().__init__()
         widths = (width, 2 * width, 4 * width)
-        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        k = kernel_size
+        self.dim = dim
+        self.conv1 = CONV[dim](in_channels, width, k, 1, k // 2, bias=False)
+        self.bn1 = BATCHNORM[dim](width)
         blocks: list[nn.Module] = []
         in_ch = width
         for stage, out_ch in enumerate(widths):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(BasicBlock(in_ch, out_ch, stride, shortcut))
+                blocks.append(BasicBlock(in_ch, out_ch, stride, shortcut, dim, k))
                 in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(in_ch, num_classes)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.blocks(x)
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return self.fc(torch.flatten(x.mean(-1) if self.dim == 1 else F.adaptive_avg_pool2d(x, 1), 1))
 
 
 def cifar_resnet(
@@ -142,6 +154,39 @@ def cifar_resnet(
             f"model.shortcut={shortcut!r} is invalid; allowed: A (zero-pad) or B (projection)"
         )
     return CifarResNet(c, int(spec.num_classes), (depth - 2) // 6, width, sc)
+
+
+def resnet1d(
+    spec: DataSpec,
+    depth: int = 8,
+    width: int = 16,
+    kernel_size: int = 5,
+    shortcut: str = "A",
+    name: str | None = None,
+) -> CifarResNet:
+    """The CIFAR ResNet with 1-D convolutions, for signals ``(B, C, L)`` (MNIST-1D: C = 1, L = 40).
+
+    ``depth = 6n + 2`` (8, 14, 20, ...); three stages of widths ``w, 2w, 4w``, the last two halving
+    the length; ``kernel_size`` odd (5, as the MNIST-1D paper's CNN). Same init as
+    :func:`cifar_resnet`. ``name`` is ignored.
+    """
+    spec = as_data_spec(spec)
+    shape = tuple(spec.input_shape)
+    if spec.task != "classification" or len(shape) != 2:
+        raise ValueError(f"model={name or 'resnet1d'} needs data with task 'classification' and 1-D signals "
+                         f"(C, L), e.g. data=mnist1d; data has task {spec.task!r} with input_shape {shape}")
+    depth, width, kernel_size = int(depth), int(width), int(kernel_size)
+    if depth < 8 or (depth - 2) % 6 != 0:
+        raise ValueError(f"model.depth={depth} is invalid; it must be 6n+2 with n>=1 (8, 14, 20, ...)")
+    if width < 1:
+        raise ValueError(f"model.width={width} is invalid; it must be a positive integer")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"model.kernel_size={kernel_size} is invalid; it must be an odd positive integer")
+    sc = str(shortcut).upper()
+    if sc not in ("A", "B"):
+        raise ValueError(f"model.shortcut={shortcut!r} is invalid; allowed: A (zero-pad) or B (projection)")
+    return CifarResNet(shape[0], int(spec.num_classes), (depth - 2) // 6, width, sc, dim=1,
+                       kernel_size=kernel_size)
 
 
 def resnet18(spec: DataSpec, name: str | None = None) -> nn.Module:

@@ -10,9 +10,9 @@ in the Transformer Architecture"):
 
 For ``task == "lm"``: token embedding + learned positions, causal self-attention, linear LM head
 -> logits ``(B, T, vocab)``. For ``task == "classification"``: the image is cut into
-non-overlapping ``patch_size`` x ``patch_size`` patches, each linearly projected to a token, plus
-learned positions; non-causal attention, mean pooling over tokens, linear head
--> logits ``(B, num_classes)``.
+non-overlapping ``patch_size`` x ``patch_size`` patches (a 1-D signal ``(C, L)`` into runs of
+``patch_size`` samples), each linearly projected to a token, plus learned positions; non-causal
+attention, mean pooling over tokens, linear head -> logits ``(B, num_classes)``.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ class Transformer(nn.Module):
         if self.is_lm:
             self.tok_emb = nn.Embedding(spec.num_classes, d_model)
         else:
-            self.patch_emb = nn.Linear(spec.input_shape[0] * patch_size**2, d_model)
+            spatial = len(spec.input_shape) - 1  # 2 for images (C, H, W), 1 for signals (C, L)
+            self.patch_emb = nn.Linear(spec.input_shape[0] * patch_size**spatial, d_model)
         self.pos_emb = nn.Parameter(torch.zeros(context_length, d_model))
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
@@ -120,9 +121,13 @@ class Transformer(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, H/p * W/p, C*p*p)``, patches in row-major order."""
-        b, c, h, w = x.shape
+        """``(B, C, H, W)`` -> ``(B, H/p * W/p, C*p*p)``, patches in row-major order;
+        ``(B, C, L)`` -> ``(B, L/p, C*p)``, runs of p samples in order."""
         p = self.patch_size
+        if x.dim() == 3:
+            b, c, n = x.shape
+            return x.reshape(b, c, n // p, p).permute(0, 2, 1, 3).reshape(b, n // p, c * p)
+        b, c, h, w = x.shape
         x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(b, (h // p) * (w // p), c * p * p)
 
@@ -188,10 +193,20 @@ def transformer(
                 f"model=transformer needs input_shape (T,) for task 'lm', got {spec.input_shape}"
             )
         seq_len, what = spec.input_shape[0], f"the data's sequence length T={spec.input_shape[0]}"
+    elif spec.task == "classification" and len(spec.input_shape) == 2:  # signals (C, L)
+        if tie_embeddings:
+            raise ValueError("model.tie_embeddings=true is only allowed for data with task 'lm'")
+        n = spec.input_shape[1]
+        if n % patch_size:
+            raise ValueError(
+                f"model.patch_size={patch_size} does not divide the signal length {n}; pick a divisor"
+            )
+        seq_len = n // patch_size
+        what = f"the {seq_len} patches of a length-{n} signal with patch_size {patch_size}"
     elif spec.task == "classification":
         if len(spec.input_shape) != 3:
             raise ValueError(
-                f"model=transformer needs image data (C,H,W) for task 'classification', "
+                f"model=transformer needs images (C,H,W) or signals (C,L) for task 'classification', "
                 f"got input_shape {spec.input_shape}"
             )
         if tie_embeddings:
