@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: help install train test sweep tb plot-schedules clean clean-outputs claims analyze bench bench-gpu
+.PHONY: help install train test sweep tb plot-schedules clean clean-outputs claims pilots analyze bench bench-gpu
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-16s %s\n", $$1, $$2}'
@@ -24,8 +24,11 @@ test:  ## the test suite
 sweep:  ## example sweep: SGD vs AdamW, with and without warmup, 2 seeds
 	$(PY) train.py -m optimizer=sgd,adamw scheduler=constantlr,warmupcosine seed=0,1 trainer.progress=false
 
-claims:  ## every claim preset + its analysis; verdicts in outputs/claims/README.md (ARGS="--scale gpu", "--only NAME")
+claims:  ## every claim preset, run until decided, + its analysis; verdicts in outputs/claims/README.md (about 1 h on 2 cores; ARGS="--scale gpu", "--only NAME")
 	$(PY) scripts/claims.py $(ARGS)
+
+pilots:  ## the no-warmup pilots that placed the CPU presets (docs/claims.md), into outputs/pilots/
+	PY=$(PY) bash scripts/pilots.sh
 
 analyze:  ## judge a sweep: make analyze SWEEP=outputs/multirun/<stamp> (report.md, CSVs, plots in it)
 	$(PY) scripts/analyze.py $(SWEEP) $(ARGS)

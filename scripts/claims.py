@@ -6,10 +6,12 @@
     python scripts/claims.py --scale gpu           # the *_gpu presets (CIFAR-10, more steps and seeds)
     python scripts/claims.py --analyze-only        # re-judge the existing sweeps
     python scripts/claims.py -- trainer.max_steps=20   # extra overrides for every preset
-    python scripts/claims.py -- study.max_seeds=12     # each preset runs until decided (docs/claims.md)
+    python scripts/claims.py --launcher basic      # runs one after another instead of one per core
 
-For each preset: `train.py -m experiment=<name> hydra.sweep.dir=<out>/<name>` (a fresh directory
-unless --resume), then `scripts/analyze.py <out>/<name>`. Each sweep shows its own live progress
+For each preset: `train.py -m experiment=<name> launcher=joblib hydra.sweep.dir=<out>/<name>` (a
+fresh directory unless --resume; one run per core at a time, one torch thread each, so the numbers
+are those of any other launcher), then `scripts/analyze.py <out>/<name>`. Each preset carries its
+sequential design (`study.max_seeds`, `study.budget_minutes`): rounds of seeds until decided. Each sweep shows its own live progress
 line (runs done of planned, elapsed, ETA; the verdict per part between rounds of a sequential
 study). Writes <out>/README.md: one row per claim with its setting, verdict, headline effect and
 interval, seeds, wall time and report link.
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -32,14 +36,14 @@ from warmup_lab.analysis.claimspec import ClaimError, preset_names  # noqa: E402
 # every experiment preset that carries a claim, at CPU scale (the *_gpu variants via --scale gpu)
 PRESETS = tuple(n for n in preset_names() if not n.endswith("_gpu")) or (
     "warmup_adam_vs_sgd", "postln_needs_warmup", "radam_untuned_replaces_warmup", "warmup_fraction",
-    "warmup_lr_stability")
+    "warmup_lr_stability", "warmup_stability_threshold", "warmup_lowers_jitter")
 
 
-def train(name: str, sweep_dir: Path, extra: list[str], resume: bool) -> tuple[int, float]:
+def train(name: str, sweep_dir: Path, extra: list[str], resume: bool, launcher: str) -> tuple[int, float]:
     if sweep_dir.exists() and not resume:
         shutil.rmtree(sweep_dir)
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", f"experiment={name}", f"hydra.sweep.dir={sweep_dir}",
-           *(["trainer.resume=true"] if resume else []), *extra]
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", f"experiment={name}", f"launcher={launcher}",
+           f"hydra.sweep.dir={sweep_dir}", *(["trainer.resume=true"] if resume else []), *extra]
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -54,21 +58,40 @@ def fmt_effect(h: dict | None) -> tuple[str, str]:
     return g(ci["estimate"]), f"[{g(ci['lo'])}, {g(ci['hi'])}] ({ci['level']:.1%})"
 
 
+def parts_text(claim: dict, plans: list[dict] | None) -> str:
+    """The verdict of each primary and context part; an undecided one with the seeds it would
+    need at the observed spread and estimate (80% power, analysis/power.py)."""
+    need = {p.get("id"): p.get("seeds_at_estimate") for p in plans or []}
+    out = []
+    for p in claim.get("parts", []):
+        if not (p.get("primary") or p.get("context")):
+            continue
+        text = f"{p['id']}{' (context)' if p.get('context') else ''}: {p['verdict']}"
+        if p["verdict"] == "inconclusive":
+            n = need.get(p["id"])
+            text += f" (about {n} seeds at this spread)" if n else " (more seeds than 500 at this spread)"
+        out.append(text)
+    return "; ".join(out)
+
+
 def collect(out: Path, names: list[str], scale: str, times: dict) -> Path:
-    rows = []
+    rows, total = [], 0.0
     for name in names:
         sweep = out / name
         vpath = sweep / "verdicts.json"
         if not vpath.is_file():
-            rows.append(f"| {name} | | not run | | | | | |")
+            rows.append(f"| {name} | | not run | | | | | | |")
             continue
         v = json.loads(vpath.read_text())
         t = times.get(name) or _read_time(sweep)
+        total += t or 0.0
+        plans = v.get("plans") or {}
         for c in v["claims"] or [{"title": name, "verdict": "no claim judged", "headline": None, "n_seeds": ""}]:
             eff, ci = fmt_effect(c.get("headline"))
             what = (c.get("headline") or {}).get("name", "")
-            rows.append(f"| {c['title']} | {v['setting']} | **{c['verdict']}** | {eff} ({what}) | {ci} | "
-                        f"{c['n_seeds']} | {'' if t is None else f'{t / 60:.1f} min'} | [report]({name}/report.md) |")
+            rows.append(f"| {c['title']} (`{name}`) | {v['setting']} | **{c['verdict']}** | "
+                        f"{parts_text(c, plans.get(c.get('claim')))} | {eff} ({what}) | {ci} | {c['n_seeds']} | "
+                        f"{'' if t is None else f'{t / 60:.1f} min'} | [report]({name}/report.md) |")
     md = ["# Warmup claims: verdicts", "",
           f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `make claims` "
           f"(scripts/claims.py, scale {scale}). Each row is one preset (`conf/experiment/<name>.yaml`) run as a "
@@ -76,14 +99,24 @@ def collect(out: Path, names: list[str], scale: str, times: dict) -> Path:
           "Effect: the headline part's loss difference in nats (its formula and the other parts are in the "
           "report): the part that decided a contradiction, else the claim's main comparison. Interval: union of "
           "the t-interval and the paired-seed bootstrap (Bonferroni-widened where one question is asked of k arms). "
-          "Time: wall clock of the sweep on this machine (shared with other work, so approximate).", "",
-          "| claim | setting | verdict | effect (headline part) | interval | seeds | time | report |",
-          "|---|---|---|---|---|---|---|---|", *rows, "",
+          "Time: wall clock of the sweep (all its rounds) on this machine: "
+          f"{platform.node()}, {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
+          f"torch {_torch_version()}. Parts: the verdict of each primary (and context) part; an inconclusive one "
+          "with the seeds it would need at the observed spread (80% power).", "",
+          "| claim | setting | verdict | parts | effect (headline part) | interval | seeds | time | report |",
+          "|---|---|---|---|---|---|---|---|---|", *rows, "",
+          f"Total wall time of these sweeps: {total / 60:.1f} min.", "",
           "A verdict holds for its setting and budget only. At CPU scale several published effects may not "
           "show; the report says so rather than the setting being tuned until they do.", ""]
     path = out / "README.md"
     path.write_text("\n".join(md))
     return path
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def _read_time(sweep: Path) -> float | None:
@@ -98,6 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "claims")
     ap.add_argument("--analyze-only", action="store_true", help="do not train; re-judge existing sweeps")
     ap.add_argument("--resume", action="store_true", help="continue existing sweep dirs instead of starting fresh")
+    ap.add_argument("--launcher", default="joblib", help="the sweeps' launcher (default joblib: one run per core)")
     ap.add_argument("overrides", nargs="*", help="extra overrides for every preset (after --)")
     args = ap.parse_args(argv)
     names = args.only or list(PRESETS)
@@ -110,7 +144,7 @@ def main(argv=None) -> int:
         print(f"[{i + 1}/{len(names)}] {name}", flush=True)
         if not args.analyze_only:
             preset = name + ("_gpu" if args.scale == "gpu" else "")
-            rc, wall = train(preset, sweep, args.overrides, args.resume)
+            rc, wall = train(preset, sweep, args.overrides, args.resume, args.launcher)
             times[name] = wall
             sweep.mkdir(parents=True, exist_ok=True)
             (sweep / "preset_time.json").write_text(json.dumps(
@@ -121,13 +155,15 @@ def main(argv=None) -> int:
             print(f"{name}: no sweep directory {sweep}; skipped", flush=True)
             continue
         try:
-            summary = analyze([sweep])
+            summary = analyze([sweep], plan=True)
         except ClaimError as err:
             print(f"  {name}: error: {err}", flush=True)
             status |= 2
             continue
         for c in summary["claims"]:
-            print(f"  {c['title']}: {c['verdict'].upper()}", flush=True)
+            print(f"  {c['title']}: {c['verdict'].upper()} with {c['n_seeds']} seeds"
+                  + (f", {times[name] / 60:.1f} min" if name in times else "")
+                  + f" ({parts_text(c, (summary.get('plans') or {}).get(c.get('claim')))})", flush=True)
     path = collect(args.out, list(PRESETS), args.scale, times)  # every preset with a sweep, not only these
     print(f"verdicts: {path}")
     return status

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from warmup_lab.analysis import claims as C
@@ -19,6 +20,9 @@ from warmup_lab.analysis.report import analyze
 from warmup_lab.analysis.stats import bootstrap_mean, effect_interval, t_interval, wilson
 
 L0 = 2.3
+# the preset claims these synthetic designs were written for, as they were before the presets moved
+# to the regimes of their pilots (#11): the tests are about the claim machinery, not today's presets
+FROZEN = yaml.safe_load((Path(__file__).parent / "data" / "claims_golden_presets.yaml").read_text())
 
 
 # -- synthetic runs -------------------------------------------------------------------------------
@@ -69,7 +73,7 @@ def factor_runs(rng, *, claim="warmup_adam_vs_sgd", effect_a=0.0, effect_b=0.0, 
 # -- claims on planted effects and on noise --------------------------------------------------------------
 def test_planted_adam_only_warmup_effect_is_supported():
     runs = factor_runs(np.random.default_rng(0), effect_a=0.2, effect_b=0.0)
-    res = C.evaluate_claim("warmup_adam_vs_sgd", runs, n_boot=500)
+    res = C.evaluate_claim(FROZEN["warmup_adam_vs_sgd"], runs, n_boot=500)
     assert res.verdict == C.SUPPORTED, [(p.name, p.verdict, p.effect.ci) for p in res.parts]
     assert res.headline.name.startswith("interaction")
     assert res.headline.effect.ci.estimate == pytest.approx(0.2, abs=0.02)
@@ -78,17 +82,17 @@ def test_planted_adam_only_warmup_effect_is_supported():
 
 def test_warmup_helping_sgd_as_much_contradicts_the_claim():
     runs = factor_runs(np.random.default_rng(1), effect_a=0.2, effect_b=0.2)
-    res = C.evaluate_claim("warmup_adam_vs_sgd", runs, n_boot=500)
+    res = C.evaluate_claim(FROZEN["warmup_adam_vs_sgd"], runs, n_boot=500)
     assert res.verdict == C.CONTRADICTED
     sgd = next(p for p in res.parts if p.name.startswith("SGD") and p.primary)
     assert sgd.verdict == C.CONTRADICTED
 
 
 def test_pure_noise_is_inconclusive():
-    res = C.evaluate_claim("warmup_adam_vs_sgd", factor_runs(np.random.default_rng(2), noise=0.05), n_boot=500)
+    res = C.evaluate_claim(FROZEN["warmup_adam_vs_sgd"], factor_runs(np.random.default_rng(2), noise=0.05), n_boot=500)
     assert res.verdict == C.INCONCLUSIVE
     # and over many noise draws: never supported, rarely anything but inconclusive
-    verdicts = [C.evaluate_claim("warmup_adam_vs_sgd", factor_runs(np.random.default_rng(100 + i), noise=0.05),
+    verdicts = [C.evaluate_claim(FROZEN["warmup_adam_vs_sgd"], factor_runs(np.random.default_rng(100 + i), noise=0.05),
                                  n_boot=100).verdict for i in range(20)]
     assert C.SUPPORTED not in verdicts
     assert verdicts.count(C.INCONCLUSIVE) >= 16
@@ -97,13 +101,13 @@ def test_pure_noise_is_inconclusive():
 def test_postln_claim_uses_norm_placement():
     runs = factor_runs(np.random.default_rng(3), claim="postln_needs_warmup", factor="norm",
                        levels=("Post-LN", "Pre-LN"), effect_a=0.3)
-    res = C.evaluate_claim("postln_needs_warmup", runs, n_boot=500)
+    res = C.evaluate_claim(FROZEN["postln_needs_warmup"], runs, n_boot=500)
     assert res.verdict == C.SUPPORTED
 
 
 def test_fewer_than_two_seeds_is_inconclusive():
     runs = factor_runs(np.random.default_rng(4), effect_a=0.5, seeds=1)
-    res = C.evaluate_claim("warmup_adam_vs_sgd", runs, n_boot=200)
+    res = C.evaluate_claim(FROZEN["warmup_adam_vs_sgd"], runs, n_boot=200)
     assert res.verdict == C.INCONCLUSIVE and all(p.verdict == C.INCONCLUSIVE for p in res.parts)
 
 
@@ -125,7 +129,7 @@ def method_runs(rng, losses: dict[str, float], seeds=5, noise=0.005) -> list[Run
 
 def test_replacements_equal_to_tuned_warmup_are_supported():
     losses = {"none": 0.6, "tuned5": 0.32, "tuned10": 0.3, "tuned25": 0.31, "lin": 0.3, "exp": 0.305, "radam": 0.3}
-    res = C.evaluate_claim("radam_untuned_replaces_warmup", method_runs(np.random.default_rng(5), losses), n_boot=500)
+    res = C.evaluate_claim(FROZEN["radam_untuned_replaces_warmup"], method_runs(np.random.default_rng(5), losses), n_boot=500)
     assert res.verdict == C.SUPPORTED, [(p.name, p.verdict, p.effect.ci) for p in res.parts]
     assert {p.name.split(" is ")[0] for p in res.parts if p.primary} == {
         "RAdam, no warmup", "untuned linear warmup", "untuned exponential warmup"}
@@ -133,14 +137,14 @@ def test_replacements_equal_to_tuned_warmup_are_supported():
 
 def test_a_replacement_much_worse_than_tuned_warmup_contradicts():
     losses = {"none": 0.6, "tuned10": 0.3, "lin": 0.3, "exp": 0.3, "radam": 0.5}
-    res = C.evaluate_claim("radam_untuned_replaces_warmup", method_runs(np.random.default_rng(6), losses), n_boot=500)
+    res = C.evaluate_claim(FROZEN["radam_untuned_replaces_warmup"], method_runs(np.random.default_rng(6), losses), n_boot=500)
     assert res.verdict == C.CONTRADICTED
     assert res.headline.name.startswith("RAdam")
 
 
 def test_replacement_question_is_moot_when_warmup_does_not_matter():
     losses = {"none": 0.3, "tuned10": 0.3, "lin": 0.3, "exp": 0.3, "radam": 0.3}
-    res = C.evaluate_claim("radam_untuned_replaces_warmup", method_runs(np.random.default_rng(7), losses), n_boot=500)
+    res = C.evaluate_claim(FROZEN["radam_untuned_replaces_warmup"], method_runs(np.random.default_rng(7), losses), n_boot=500)
     assert res.verdict == C.INCONCLUSIVE and any("moot" in n for n in res.notes)
 
 
@@ -153,10 +157,10 @@ def fraction_runs(rng, losses: dict[float, float], seeds=5, noise=0.005) -> list
 
 def test_ten_percent_best_is_supported_and_a_better_fraction_contradicts():
     good = {0.0: 0.5, 0.02: 0.4, 0.05: 0.33, 0.1: 0.3, 0.2: 0.305, 0.4: 0.35}
-    res = C.evaluate_claim("warmup_fraction", fraction_runs(np.random.default_rng(8), good), n_boot=500)
+    res = C.evaluate_claim(FROZEN["warmup_fraction"], fraction_runs(np.random.default_rng(8), good), n_boot=500)
     assert res.verdict == C.SUPPORTED
     bad = {**good, 0.4: 0.1}
-    res = C.evaluate_claim("warmup_fraction", fraction_runs(np.random.default_rng(9), bad), n_boot=500)
+    res = C.evaluate_claim(FROZEN["warmup_fraction"], fraction_runs(np.random.default_rng(9), bad), n_boot=500)
     assert res.verdict == C.CONTRADICTED
     assert "40" in res.headline.name
 
@@ -177,11 +181,11 @@ def stability_runs(rng, seeds=3, diverge_without_warmup=True) -> list[Run]:
 
 
 def test_lr_stability_detects_a_wider_stable_range():
-    res = C.evaluate_claim("warmup_lr_stability", stability_runs(np.random.default_rng(10)), n_boot=500)
+    res = C.evaluate_claim(FROZEN["warmup_lr_stability"], stability_runs(np.random.default_rng(10)), n_boot=500)
     assert res.verdict == C.SUPPORTED
     width = next(p for p in res.parts if "trains at more grid lrs" in p.name)
     assert width.effect.ci.estimate == pytest.approx(2.0)
-    res = C.evaluate_claim("warmup_lr_stability", stability_runs(np.random.default_rng(11), diverge_without_warmup=False),
+    res = C.evaluate_claim(FROZEN["warmup_lr_stability"], stability_runs(np.random.default_rng(11), diverge_without_warmup=False),
                            n_boot=500)
     assert res.verdict == C.CONTRADICTED  # same stability with and without warmup: no widening beyond the margin
     assert res.parts[0].rule.startswith("interval within")
@@ -190,7 +194,7 @@ def test_lr_stability_detects_a_wider_stable_range():
 def test_missing_arms_are_an_error_not_a_guess():
     runs = [r for r in factor_runs(np.random.default_rng(12), effect_a=0.2) if r.config["optimizer.name"] == "adamw"]
     with pytest.raises(C.ClaimError, match=r"arm sgd_none .* matches no run .*optimizer.name in this sweep: 'adamw'"):
-        C.evaluate_claim("warmup_adam_vs_sgd", runs, n_boot=200)
+        C.evaluate_claim(FROZEN["warmup_adam_vs_sgd"], runs, n_boot=200)
 
 
 @pytest.mark.parametrize("kind,lo,hi,est,verdict", [
@@ -486,3 +490,19 @@ def test_t_and_wilson_intervals_are_scipys():
     ci = st.binomtest(2, 7).proportion_ci(method="wilson")
     w = wilson(2, 7)
     assert (w.lo, w.hi) == (pytest.approx(ci.low, abs=1e-12), pytest.approx(ci.high, abs=1e-12))
+
+
+def test_pilot_table_has_one_row_per_setting_with_every_seed(sweep, capsys):
+    import importlib.util
+
+    root, _ = sweep
+    spec = importlib.util.spec_from_file_location("pilot_table", Path(__file__).parents[1] / "scripts" / "pilot_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(root), "--by", "optimizer.name", "scheduler.warmup_ratio", "optimizer.lr"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| optimizer.name | scheduler.warmup_ratio | optimizer.lr | seeds")
+    rows = lines[2:]
+    assert len(rows) == 8 and all(r.count(";") == 2 for r in rows)  # 2 x 2 x 2 settings, 3 seeds each
+    [sgd] = [r for r in rows if r.startswith("| sgd | 0.0 | 0.04 |")]
+    assert "diverged at 17" in sgd and "| 1/3 |" in sgd  # the planted divergence, counted as failed

@@ -33,37 +33,39 @@ def test_tiny_preset_through_multirun_and_analyze(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "experiment=warmup_adam_vs_sgd", f"hydra.sweep.dir={sweep}",
                    # 4 arms x 2 seeds, a few steps
-                   "optimizer=sgd,adamw", "scheduler.warmup_ratio=0.0,0.25", "study.lr_mult=1", "seed=0,1",
+                   "+arm=sgd,adamw_beta2_098", "scheduler.warmup_ratio=0.0,0.5", "study.lr_mult=1", "seed=0,1",
+                   "study.max_seeds=null", "study.budget_minutes=null",
                    "trainer.max_steps=12", "trainer.log_interval=4", "trainer.eval_interval=12",
-                   "model.width=4", "trainer.checkpoint_interval=null")
+                   "data=digits", "model=resnet20", "model.depth=8", "model.width=4",  # trains in 12 steps
+                   "trainer.checkpoint_interval=null")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sweep: 8/8 runs" in proc.stderr and "ETA" in proc.stderr  # the live line, in a log
     assert "completed: 12 steps" not in proc.stdout  # no per-run block in a sweep
     assert len(list(sweep.glob("*/metrics.json"))) == 8
     analyze = [sys.executable, str(ROOT / "scripts" / "analyze.py"), str(sweep), "--bootstrap", "200"]
     out = subprocess.run(analyze, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    # the preset's claim names 10% warmup; this sweep ran 25%: the arm matches no run
+    # the preset's claim names 10% and 25% warmup; this sweep ran 50%: the arm matches no run
     assert out.returncode == 2, out.stderr[-3000:]
     [line] = out.stderr.strip().splitlines()
-    assert "arm adamw_warmup" in line and "matches no run" in line and "0.25" in line
+    assert "arm adamw_warmup" in line and "matches no run" in line and "0.5" in line
     claim = tmp_path / "claim.yaml"
     claim.write_text(yaml.safe_dump({
-        "name": "quarter_warmup", "statement": "25% warmup helps AdamW more than SGD.",
+        "name": "half_warmup", "statement": "50% warmup helps AdamW more than SGD.",
         "arms": {"a0": {"optimizer.name": "adamw", "scheduler.warmup_ratio": 0.0},
-                 "a1": {"optimizer.name": "adamw", "scheduler.warmup_ratio": 0.25},
+                 "a1": {"optimizer.name": "adamw", "scheduler.warmup_ratio": 0.5},
                  "s0": {"optimizer.name": "sgd", "scheduler.warmup_ratio": 0.0},
-                 "s1": {"optimizer.name": "sgd", "scheduler.warmup_ratio": 0.25}},
+                 "s1": {"optimizer.name": "sgd", "scheduler.warmup_ratio": 0.5}},
         "parts": [{"name": "interaction", "effect": "(a0 - a1) - (s0 - s1)", "rule": "greater"}]}))
     out = subprocess.run(analyze + ["--claim-file", str(claim), "--plan"], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "quarter_warmup: INCONCLUSIVE" in out.stdout  # 2 seeds, 12 steps
+    assert "half_warmup: INCONCLUSIVE" in out.stdout  # 2 seeds, 12 steps
     assert "seeds to decide at the margin 0.02" in out.stdout
     for name in ("report.md", "runs.csv", "arms.csv", "verdicts.json", "loss_curves.png", "early_jitter.png",
                  "lr_sensitivity.png", "lr_schedules.png"):
         assert (sweep / name).stat().st_size > 0, name
     report = (sweep / "report.md").read_text()
-    assert "| adamw warmup=25% |" in report  # arms named by what varies, in the units the sweep set
+    assert "| adamw warmup=50% |" in report  # arms named by what varies, in the units the sweep set
     assert "Seeds this needs" in report and "seeds to decide at the margin" in report
     v = json.loads((sweep / "verdicts.json").read_text())
     assert v["n_runs"] == 8 and v["n_arms"] == 4 and v["seeds"] == [0, 1]
