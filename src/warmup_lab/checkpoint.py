@@ -8,14 +8,14 @@ none; the newest :data:`KEEP` are kept. A truncated or corrupt newest file is mo
 (``*.corrupt``) with a warning and the previous one is used.
 
 The state itself comes from :meth:`warmup_lab.trainer.Trainer.state_dict`; this module adds
-the RNG helpers and the run's identity (``run_config``), which a resumed run must match.
+the RNG helpers; the ``config`` it stores is the run's identity (:func:`warmup_lab.identity.run_identity`),
+which a resumed run must match.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import os
 import random
@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -38,47 +37,8 @@ _NAME = re.compile(r"^step_(\d+)\.pt$")
 REQUIRED = ("format", "step", "purge_step", "model", "optimizer", "lr_adapter", "sampler", "rng",
             "result", "config")
 
-# Keys that do not change what a run computes: a run may be resumed with other values of these
-# (e.g. another thread count or launcher). Dotted paths into the composed config.
-VOLATILE_KEYS = ("trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
-                 "trainer.checkpoint_interval", "trainer.compile", "trainer.compile_optimizer",
-                 "trainer.channels_last", "paths", "study")
-
-
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or one written by a different config; the message says what to do."""
-
-
-# -- identity -------------------------------------------------------------------------------------
-def run_config(cfg: DictConfig) -> str:
-    """The resolved config without :data:`VOLATILE_KEYS`, as canonical JSON: what a checkpoint
-    must have been written by for a run to continue from it."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    for key in VOLATILE_KEYS:
-        *parents, last = key.split(".")
-        node = data
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(last, None)
-    return json.dumps(data, sort_keys=True, default=str)
-
-
-def config_diff(old: str, new: str, limit: int = 5) -> list[str]:
-    """``key: old -> new`` lines for the leaves that differ between two :func:`run_config`."""
-    def flat(node, prefix="", out=None):
-        out = {} if out is None else out
-        if isinstance(node, dict):
-            for k, v in node.items():
-                flat(v, f"{prefix}.{k}" if prefix else str(k), out)
-        else:
-            out[prefix] = node
-        return out
-
-    a, b = flat(json.loads(old)), flat(json.loads(new))
-    lines = [f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}"
-             for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
-    return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
 # -- RNG states as tensors and plain types ---------------------------------------------------------

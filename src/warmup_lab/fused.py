@@ -38,12 +38,13 @@ from torch import nn
 
 from .data.cifar import apply_crop_flip, crop_flip_params, random_crop_flip
 from .models.resnet import BasicBlock, CifarResNet
+from .identity import PER_RUN, fuse_key
 from .jitter import log_step_stats
 from .schedules import ScheduleLR
 from .schedules.registry import VAL_DRIVEN
 
 FUSED_OPTIMIZERS = ("sgd", "adam", "adamw")
-PER_RUN_KEYS = ("seed", "optimizer.lr", "optimizer.weight_decay", "scheduler")
+PER_RUN_KEYS = PER_RUN  # what runs of one group may differ in (warmup_lab.identity)
 
 
 # -- the fused model -----------------------------------------------------------------------------
@@ -355,32 +356,11 @@ class FusedResult:
     state_dicts: list[dict] = field(default_factory=list)
 
 
-def _strip(cfg: DictConfig) -> dict:
-    """The config without the keys fused runs may differ in."""
-    d = OmegaConf.to_container(cfg, resolve=True)
-    d.pop("seed", None)
-    d.pop("scheduler", None)
-    d.get("trainer", {}).pop("seed", None)
-    for key in ("lr", "weight_decay"):
-        d.get("optimizer", {}).pop(key, None)
-    return d
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_fusable(cfgs: list[DictConfig]) -> None:
     """``ValueError`` unless the configs differ only in :data:`PER_RUN_KEYS`."""
-    first = _flat(_strip(cfgs[0]))
+    first = fuse_key(cfgs[0])
     for i, cfg in enumerate(cfgs[1:], 1):
-        other = _flat(_strip(cfg))
+        other = fuse_key(cfg)
         diff = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
         if diff:
             raise ValueError(f"config {i} differs from config 0 in {', '.join(diff)}; fused runs "
@@ -424,7 +404,7 @@ def fused_groups(cfgs: list[DictConfig], max_runs: int) -> list[list[int]]:
         if fusable(cfg) is not None:
             order.append([i])
             continue
-        key = repr(sorted(_flat(_strip(cfg)).items()))
+        key = repr(sorted(fuse_key(cfg).items()))
         chunks = groups.setdefault(key, [])
         if not chunks or len(chunks[-1]) >= max_runs:
             chunks.append([])

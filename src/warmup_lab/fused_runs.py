@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import math
 import sys
@@ -33,13 +32,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import CheckpointError, load_latest, run_config
+from .checkpoint import CheckpointError, load_latest
+from .identity import digest as identity_digest, run_identity
 from .checkpoint import save as save_checkpoint
 from .fused import FusedTrainer, build_fused
 from .jitter import JitterTracker, MetricsConfig
 from .run import seed_everything, setup_process
-from .rundir import RunDirLock, remove_orphan_temp_files, set_aside_dead_session
-from .runinfo import now, read_json, run_metadata, write_json
+from .rundir import RunDir, RunDirLock, remove_orphan_temp_files, set_aside_dead_session
+from .runinfo import read_json, run_metadata, write_json
 from .signals import GracefulStop
 from .tb import RunWriter, flat_hparams
 from .trainer import TrainResult
@@ -170,8 +170,8 @@ def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
     tr = cfgs[0].trainer
     device = setup_process(tr)
     seed_everything(int(cfgs[0].seed))
-    identities = [run_config(cfg) for cfg in cfgs]
-    digests = [hashlib.sha256(i.encode()).hexdigest()[:16] for i in identities]
+    identities = [run_identity(cfg) for cfg in cfgs]
+    digests = [identity_digest(i) for i in identities]
     group = {"k": k, "runs": [str(d) for d in dirs]}
     with contextlib.ExitStack() as locks:  # one writer per run directory, as for a run alone
         for d in dirs:
@@ -193,15 +193,12 @@ def _run_fused_locked(cfgs, dirs, k, tr, device, identities, digests, group) -> 
     ckpt_dir = dirs[0] / CHECKPOINTS
     metas, sessions = [], []
     for j, (cfg, d) in enumerate(zip(cfgs, dirs)):
-        old = (read_json(d / "run_meta.json") or {}) if state is not None else {}
-        meta = run_metadata(device, int(cfg.seed))
-        meta.update(config_digest=digests[j], status="running", resumed_from_step=resumed_from,
-                    first_start_time=old.get("first_start_time", meta["start_time"]),
-                    fused={**group, "index": j})
-        write_json(d / "run_meta.json", meta)
+        meta, past = RunDir(d).start_session(
+            {**run_metadata(device, int(cfg.seed)), "config_digest": digests[j], "status": "running",
+             "resumed_from_step": resumed_from, "fused": {**group, "index": j}}, continuing=state is not None)
         write_json(d / GROUP_FILE, {**group, "index": j, "checkpoints": str(ckpt_dir)})
         metas.append(meta)
-        sessions.append(list(old.get("sessions", [])))
+        sessions.append(past)
     metrics = [{"status": "failed", "diverged_step": None} for _ in cfgs]
     started = time.perf_counter()
 
@@ -269,24 +266,20 @@ def _run_fused_locked(cfgs, dirs, k, tr, device, identities, digests, group) -> 
         text = traceback.format_exc()
         for m, d in zip(metrics, dirs):
             m["error"] = f"{type(err).__name__}: {err}"
-            (d / "error.txt").write_text(text)
+            RunDir(d).write_error(text)
         raise
     finally:
         stop.restore()
         wall = prior_wall + time.perf_counter() - started
-        end = now()
         for j, (m, d, meta) in enumerate(zip(metrics, dirs, metas)):
             # the group's device time, shared evenly: what one run cost (the group's in fused)
             m["wall_time_s"] = round(wall / k, 3)
             m.setdefault("fused", {**group, "index": j})
             m["fused"]["group_wall_time_s"] = round(wall, 3)
             m["run_dir"] = str(d)
-            write_json(d / "metrics.json", m)
-            sessions[j].append({"start_time": meta["start_time"], "end_time": end, "status": m["status"],
-                                "from_step": resumed_from or 0, "to_step": trainer.step if trainer else resumed_from,
-                                "hostname": meta.get("hostname"), "device_name": meta.get("device_name")})
-            write_json(d / "run_meta.json", {**meta, "end_time": end, "status": m["status"],
-                                             "sessions": sessions[j]})
+            RunDir(d).write_metrics(m)
+            RunDir(d).end_session(meta, sessions[j], m["status"], resumed_from or 0,
+                                  trainer.step if trainer else resumed_from)
         for writer in writers:
             writer.close()
     return metrics

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import random
@@ -17,13 +16,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import FOLDER as CHECKPOINTS, CheckpointError, config_diff, load_latest, run_config
+from .checkpoint import FOLDER as CHECKPOINTS, CheckpointError, load_latest
+from .identity import digest as identity_digest, identity_diff, run_identity
 from .checkpoint import save as save_checkpoint
 from . import fastpath
 from .optim import build_optimizer
-from .rundir import (DiskFull, DiskReserve, RunDirLock, disk_full, disk_full_text, remove_orphan_temp_files,
+from .rundir import (DiskFull, DiskReserve, RunDir, RunDirLock, disk_full, disk_full_text, remove_orphan_temp_files,
                      set_aside_dead_session)
-from .runinfo import now, read_json, run_metadata, write_json
+from .runinfo import now, run_metadata
 from .signals import GracefulStop
 from .sweeps import FINISHED
 from .tb import RunWriter, flat_hparams
@@ -85,9 +85,10 @@ def run(cfg: DictConfig, run_dir: str | Path, in_sweep: bool = False) -> dict:
 
 def _run_locked(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> dict:
     remove_orphan_temp_files(run_dir)  # left by a writer that was killed mid-write
-    identity = run_config(cfg)
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    done = read_json(run_dir / "metrics.json")
+    identity = run_identity(cfg)
+    digest = identity_digest(identity)
+    records = RunDir(run_dir)
+    done = records.metrics()
     if done and done.get("status") in FINISHED:
         if done.get("config_digest") not in (None, digest):
             raise CheckpointError(f"{run_dir} holds a finished run of a different config: start "
@@ -99,12 +100,11 @@ def _run_locked(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> dict:
     state = loaded[0] if loaded else None
     if state is not None and state["config"] != identity:
         raise CheckpointError(
-            f"{loaded[1]} was written by a different config ({'; '.join(config_diff(state['config'], identity))}): "
+            f"{loaded[1]} was written by a different config ({'; '.join(identity_diff(state['config'], identity))}): "
             f"continue it with its own overrides, or start this config in a new directory")
     resumed_from = int(state["step"]) if state is not None else None
     prior_wall = float(state.get("wall_time_s", 0.0)) if state is not None else 0.0
-    earlier_meta = read_json(run_dir / "run_meta.json") or {}
-    old_meta = earlier_meta if state is not None else {}
+    earlier_meta = records.meta() or {}
     restart = None
     if state is None:  # from step 0: an earlier session's curves must not stay in the directory
         stale = set_aside_dead_session(run_dir)
@@ -122,18 +122,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> dict:
               f"was written with {state['threads']}: CPU results from step {resumed_from} on are not bitwise "
               f"identical to an uninterrupted run", file=sys.stderr, flush=True)
     seed_everything(cfg.seed)
-    meta = run_metadata(device, cfg.seed)
-    meta.update(config_digest=digest, status="running", resumed_from_step=resumed_from,
-                first_start_time=old_meta.get("first_start_time", old_meta.get("start_time", meta["start_time"])))
-    restarts = list(earlier_meta.get("restarts", [])) + ([restart] if restart else [])
-    if restarts:
-        meta["restarts"] = restarts
-    sessions = list(earlier_meta.get("sessions", []))
-    if earlier_meta.get("status") == "running":  # that session never ended (SIGKILL, a node lost, OOM): say so
-        sessions.append({"start_time": earlier_meta.get("start_time"), "end_time": None, "status": "killed",
-                         "from_step": earlier_meta.get("resumed_from_step") or 0, "to_step": None,
-                         "hostname": earlier_meta.get("hostname"), "device_name": earlier_meta.get("device_name")})
-    write_json(run_dir / "run_meta.json", meta)
+    meta, sessions = records.start_session(
+        {**run_metadata(device, cfg.seed), "config_digest": digest, "status": "running",
+         "resumed_from_step": resumed_from}, continuing=state is not None, restart=restart)
     metrics = {"status": "failed", "diverged_step": None}
     started = time.perf_counter()
     writer = trainer = None
@@ -208,7 +199,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> dict:
                 writer.abandon()  # its buffered events cannot be written either
                 writer = None
         metrics["error"] = disk_full_text(run_dir) if full else f"{type(err).__name__}: {err}"
-        (run_dir / "error.txt").write_text((metrics["error"] + "\n\n" if full else "") + traceback.format_exc())
+        records.write_error((metrics["error"] + "\n\n" if full else "") + traceback.format_exc())
         if full:
             raise DiskFull(errno.ENOSPC, metrics["error"]) from None
         raise
@@ -217,13 +208,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> dict:
         reserve.free()
         metrics["wall_time_s"] = round(prior_wall + time.perf_counter() - started, 3)
         metrics["run_dir"] = str(run_dir)
-        write_json(run_dir / "metrics.json", metrics)
-        end = now()
-        sessions.append({"start_time": meta["start_time"], "end_time": end, "status": metrics["status"],
-                         "from_step": resumed_from or 0, "to_step": trainer.step if trainer else resumed_from,
-                         "hostname": meta.get("hostname"), "device_name": meta.get("device_name")})
-        write_json(run_dir / "run_meta.json", {**meta, "end_time": end, "status": metrics["status"],
-                                               "sessions": sessions})
+        records.write_metrics(metrics)
+        records.end_session(meta, sessions, metrics["status"], resumed_from or 0,
+                            trainer.step if trainer else resumed_from)
         if writer is not None:
             writer.close()
     if metrics["status"] == "interrupted":
@@ -238,12 +225,5 @@ def _g(v) -> str:
 def record_failure(run_dir: str | Path, err: BaseException) -> dict:
     """For a job of a sweep that failed before ``run`` could record it (a ``ConfigError``):
     ``error.txt`` with the traceback and ``metrics.json`` with ``status: failed``."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "error.txt").write_text("".join(traceback.format_exception(type(err), err, err.__traceback__)))
-    metrics = {"status": "failed", "error": f"{type(err).__name__}: {err}", "run_dir": str(run_dir)}
-    previous = read_json(run_dir / "metrics.json")
-    if previous and previous.get("status") in FINISHED:  # never overwrite a finished run's record
-        return {**metrics, "status": previous["status"]}
-    write_json(run_dir / "metrics.json", metrics)
-    return metrics
+    return RunDir(run_dir).record_failure(f"{type(err).__name__}: {err}",
+                                          "".join(traceback.format_exception(type(err), err, err.__traceback__)))

@@ -12,6 +12,9 @@
   exactly one point per step, all from the new session, and nothing is deleted.
 * :func:`remove_orphan_temp_files`: temporary files of a killed writer (``checkpoints/.tmp-*``,
   ``.metrics.json.*.tmp``) are removed at the next start.
+* :class:`RunDir`: the records of a run, each written whole (a temporary file, then a rename):
+  ``metrics.json`` (the result), ``run_meta.json`` (when, where and by what code, and every
+  session), ``error.txt``. A failure record never replaces a finished one.
 * :class:`DiskReserve` and :func:`disk_full`: 256 KiB kept aside while a run trains, freed when
   the disk fills so the run can still record ``status: failed`` and why; :func:`disk_full` tells
   a full disk from other errors, however deep torch or TensorBoard wrapped it.
@@ -29,10 +32,85 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .runinfo import read_json, write_json, write_text as write_text_atomic
+
+FINISHED = ("completed", "diverged")  # a run with this status is done: its record is final
 LOCK_FILE = ".lock"
 STALE = "stale"
 RESERVE_FILE = ".disk-reserve"
 RESERVE_BYTES = 256 * 1024
+
+
+class RunDir:
+    """The files that record one run. Every write is atomic (:func:`runinfo.write_text`); readers
+    get None for a missing or unreadable file."""
+
+    METRICS, META, ERROR = "metrics.json", "run_meta.json", "error.txt"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def metrics(self) -> dict | None:
+        return read_json(self.path / self.METRICS)
+
+    def meta(self) -> dict | None:
+        return read_json(self.path / self.META)
+
+    def status(self) -> str | None:
+        return (self.metrics() or {}).get("status")
+
+    def finished(self) -> bool:
+        return self.status() in FINISHED
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_json(self.path / self.METRICS, metrics)
+
+    def write_meta(self, meta: dict) -> None:
+        write_json(self.path / self.META, meta)
+
+    def write_error(self, text: str) -> None:
+        write_text_atomic(self.path / self.ERROR, text)
+
+    def start_session(self, meta: dict, continuing: bool, restart: dict | None = None) -> tuple[dict, list]:
+        """Write ``run_meta.json`` for a session that starts now (``meta``: :func:`runinfo.run_metadata`
+        plus ``status: running``) and return ``(meta, sessions)``. Earlier sessions are kept (a
+        restart from step 0 included), one that never ended (SIGKILL, a node lost, OOM) is listed
+        as ``killed``; ``first_start_time`` carries over when the run continues from a checkpoint;
+        ``restart`` (a restart from step 0 and why) is added to ``restarts``."""
+        earlier = self.meta() or {}
+        old = earlier if continuing else {}
+        meta = {**meta, "first_start_time": old.get("first_start_time", old.get("start_time", meta["start_time"]))}
+        restarts = list(earlier.get("restarts", [])) + ([restart] if restart else [])
+        if restarts:
+            meta["restarts"] = restarts
+        sessions = list(earlier.get("sessions", []))
+        if earlier.get("status") == "running":  # that session never ended: say so
+            sessions.append({"start_time": earlier.get("start_time"), "end_time": None, "status": "killed",
+                             "from_step": earlier.get("resumed_from_step") or 0, "to_step": None,
+                             "hostname": earlier.get("hostname"), "device_name": earlier.get("device_name")})
+        self.write_meta({**meta, "sessions": sessions})  # the history survives a SIGKILL of this session
+        return meta, sessions
+
+    def end_session(self, meta: dict, sessions: list, status: str, from_step: int, to_step: int | None) -> None:
+        """Append this session (from its start to now) and write the final ``run_meta.json``."""
+        from .runinfo import now
+
+        end = now()
+        sessions.append({"start_time": meta["start_time"], "end_time": end, "status": status, "from_step": from_step,
+                         "to_step": to_step, "hostname": meta.get("hostname"), "device_name": meta.get("device_name")})
+        self.write_meta({**meta, "end_time": end, "status": status, "sessions": sessions})
+
+    def record_failure(self, error: str, traceback_text: str) -> dict:
+        """``error.txt`` and ``metrics.json`` with ``status: failed``, unless the run already
+        finished (then its record stays and is returned with the error added)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        metrics = {"status": "failed", "error": error, "run_dir": str(self.path)}
+        previous = self.metrics()
+        if previous and previous.get("status") in FINISHED:
+            return {**metrics, "status": previous["status"]}
+        self.write_error(traceback_text)
+        self.write_metrics(metrics)
+        return metrics
 
 
 class RunDirBusy(RuntimeError):
@@ -129,7 +207,8 @@ def set_aside_dead_session(run_dir: str | Path) -> Path | None:
 def remove_orphan_temp_files(run_dir: str | Path) -> list[Path]:
     """Temporary files that a killed writer left (checkpoints and atomic JSON writes)."""
     run_dir = Path(run_dir)
-    found = list((run_dir / "checkpoints").glob(".tmp-*")) + list(run_dir.glob(".*.json.*.tmp"))
+    found = (list((run_dir / "checkpoints").glob(".tmp-*")) + list(run_dir.glob(".*.json.*.tmp"))
+             + list(run_dir.glob(".error.txt.*.tmp")))
     for p in found:
         p.unlink(missing_ok=True)
     return found

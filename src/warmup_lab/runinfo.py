@@ -14,19 +14,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write_json(path: Path, data: dict, default=str) -> None:
-    """Write then rename, so a reader never sees a half-written file; ``default`` serialises
-    what JSON does not know (numpy numbers, say)."""
+def write_text(path: Path, text: str) -> None:
+    """Write then rename, so a reader never sees a half-written file; on an error (a full
+    disk, a signal) no temporary file stays behind."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=default)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
-    except BaseException:  # a full disk, a signal: no 0-byte temp file stays behind
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: dict, default=str) -> None:
+    """:func:`write_text` of ``data`` as indented JSON; ``default`` serialises what JSON does not
+    know (numpy numbers, say)."""
+    write_text(path, json.dumps(data, indent=2, default=default) + "\n")
 
 
 def read_json(path: Path) -> dict | None:

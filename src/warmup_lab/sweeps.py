@@ -2,9 +2,9 @@
 
 A run is identified by its **overrides** (``.hydra/overrides.yaml`` of its directory), not by
 its job number: ``seed=0 optimizer=sgd`` is the same run whatever its place in the sweep, and
-whichever order the command line lists the values in. Overrides that do not change what a run
-computes (:data:`IGNORED_OVERRIDES`: the resume flag, progress bars, threads, device,
-checkpoint interval, launcher, output paths) are left out of the identity.
+whichever order the command line lists the values in. Overrides outside a run's identity
+(:data:`warmup_lab.identity.NOT_IDENTITY_OVERRIDES`: the resume flag, progress bars, threads,
+device, checkpoint interval, launcher, output paths, the study's design) are left out.
 
 Used by the resumable sweeper (``hydra_plugins/warmup_lab_sweeper``) and by ``train.py``
 (``trainer.resume=true`` for a single run). No torch import here.
@@ -21,23 +21,17 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-FINISHED = ("completed", "diverged")
+from .identity import NOT_IDENTITY_OVERRIDES, SEEDS, matches
+from .rundir import FINISHED  # noqa: F401  (re-exported: a run with this status is done)
+
 STATUSES = ("completed", "diverged", "failed", "interrupted", "unfinished")
-IGNORED_OVERRIDES = ("trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
-                     "trainer.checkpoint_interval", "trainer.compile", "trainer.compile_optimizer",
-                     "trainer.channels_last", "launcher", "paths", "hydra", "study.claim",
-                     "study.max_seeds", "study.round_seeds", "study.budget_minutes", "study.alpha",
-                     "study.spending", "study.margin", "study.metric")
+IGNORED_OVERRIDES = NOT_IDENTITY_OVERRIDES  # the sweeper's default ignore_overrides
 
 
 def _parse(overrides):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     return OverridesParser.create().parse_overrides(list(overrides))
-
-
-def _ignored(key: str, ignore) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in ignore)
 
 
 def override_key(overrides, ignore=IGNORED_OVERRIDES) -> tuple[str, ...]:
@@ -47,7 +41,7 @@ def override_key(overrides, ignore=IGNORED_OVERRIDES) -> tuple[str, ...]:
     out = []
     for o in _parse(overrides):
         key = o.key_or_group + (f"@{o.package}" if o.package else "")
-        if _ignored(o.key_or_group, ignore):
+        if matches(o.key_or_group, ignore):
             continue
         if o.is_delete():
             out.append(f"~{key}")
@@ -138,7 +132,7 @@ def plan_resume(jobs: list[list[str]], sweep_dir: Path, ignore=IGNORED_OVERRIDES
 
 
 # -- summary -----------------------------------------------------------------------------------
-def summarize(records: list[dict], ignore=IGNORED_OVERRIDES, arm_ignore=("seed",)) -> dict:
+def summarize(records: list[dict], ignore=IGNORED_OVERRIDES, arm_ignore=SEEDS) -> dict:
     """Counts of run statuses over the sweep and per arm. ``records``: ``{"dir", "overrides",
     "status"}`` per job. An arm is the overrides that vary across the jobs, less ``arm_ignore``
     (the seed): the runs that should agree up to noise."""

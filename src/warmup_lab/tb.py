@@ -13,6 +13,8 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from . import identity
+
 # Final metrics shown in the HParams dashboard; the same names in every run.
 # metrics that mean something on a healthy run too: not max_spike_ratio, which divides by the
 # lowest loss so far and reads 100+ once a run's loss falls to 1e-4 (the early-phase one is kept)
@@ -25,7 +27,9 @@ HPARAM_METRICS = ("summary/final_val_loss", "summary/best_val_loss", "summary/fi
 #: statistics), ``summary/`` (the final values HParams reads, one point each), ``train/``, ``val/``.
 TIME_SERIES_FIRST = ("train/loss", "train/lr", "val/loss", "val/acc", "jitter/loss_std")
 HPARAM_GROUPS = ("model", "data", "optimizer", "scheduler", "trainer")
-_SKIP = ("_target_", "progress", "resume", "checkpoint_interval")  # no effect on what a run computes
+# HParams shows every knob but the bookkeeping ones (identity.BOOKKEEPING: resume flag, progress
+# bars, checkpoint interval, data root); the speed knobs (threads, device, compile) stay, next to
+# the run time they explain. ``_target_`` names a class, not a knob.
 
 
 def tensorboard_command(logdir) -> str:
@@ -49,12 +53,8 @@ def view_hint(logdir, tags=TIME_SERIES_FIRST) -> str:
 
 
 def _flatten(node, prefix: str, out: dict) -> None:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k not in _SKIP:
-                _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
-    else:
-        out[prefix] = node
+    flat = identity.flatten(node, prefix, skip=identity.BOOKKEEPING)
+    out.update((k, v) for k, v in flat.items() if k.rsplit(".", 1)[-1] != "_target_")
 
 
 def _as_hparam(value):

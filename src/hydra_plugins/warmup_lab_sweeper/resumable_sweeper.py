@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 
 from warmup_lab.analysis.claimspec import ClaimError
 from warmup_lab.progress import SweepProgress
+from warmup_lab.rundir import RunDir
 from warmup_lab.runinfo import write_json
 from warmup_lab.tb import view_hint, write_sweep_experiment
 from warmup_lab.study import Study
@@ -189,11 +190,8 @@ class ResumableSweeper(BasicSweeper):
             text = ("".join(traceback.format_exception(type(err), err, err.__traceback__))
                     if isinstance(err, BaseException) else str(err))
             log.error("job %s failed: %s", r.overrides, text.strip().splitlines()[-1] if text.strip() else "")
-            if run_dir and run_status(Path(run_dir)) != "failed":
-                d = Path(run_dir)
-                d.mkdir(parents=True, exist_ok=True)
-                (d / "error.txt").write_text(text)
-                write_json(d / "metrics.json",
-                           {"status": "failed", "error": f"{type(err).__name__}: {err}", "run_dir": str(d)})
+            if run_dir and run_status(Path(run_dir)) != "failed":  # train.py's own record, if any, stays
+                # atomic, and never over a finished run's record (a crash after it finished)
+                status = RunDir(run_dir).record_failure(f"{type(err).__name__}: {err}", text)["status"]
         return {"dir": str(run_dir), "overrides": list(plan["overrides"]), "status": status,
                 "action": plan["action"]}

@@ -18,15 +18,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 import warmup_lab  # noqa: F401  (registers wl_mul and friends, used by presets)
+from warmup_lab import identity
 
-# keys that never define an arm: seeds, and settings that do not change the numbers
-SEED_KEYS = ("seed", "trainer.seed")
-IGNORED_PREFIXES = ("paths.", "task_name", "trainer.progress", "trainer.threads", "trainer.device",
-                    "trainer.checkpoint_interval", "trainer.resume",
-                    "trainer.log_interval", "trainer.eval_interval", "trainer.metrics.", "study.claim",
-                    "study.margin", "study.metric", "study.max_seeds", "study.round_seeds",
-                    "study.budget_minutes", "study.alpha", "study.spending", "data.root",
-                    "data.download")
 CURVE_TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/update_ratio", "jitter/loss_std",
               "jitter/loss_abs_change", "jitter/spike_ratio", "val/loss", "curvature/sharpness",
               "curvature/stability_threshold", "curvature/threshold_ratio", "curvature/precond_sharpness",
@@ -65,16 +58,10 @@ class Run:
         return self.config.get(key, default)
 
 
-def flatten(node, prefix: str = "", out: dict | None = None) -> dict:
-    out = {} if out is None else out
-    if isinstance(node, dict):
-        for k, v in node.items():
-            flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
-    elif isinstance(node, list):
-        out[prefix] = tuple(node)
-    else:
-        out[prefix] = node
-    return out
+def flatten(node) -> dict:
+    """A run's config as flat keys, lists as tuples (hashable: arms group on them); the one
+    flatten of :mod:`warmup_lab.identity`."""
+    return identity.flatten(node, sequences=tuple)
 
 
 def read_config(run_dir: Path) -> tuple[dict, list[str], dict]:
@@ -173,4 +160,6 @@ def load_runs(sweep_dirs, curves: bool = True) -> list[Run]:
 
 
 def is_ignored(key: str) -> bool:
-    return key in SEED_KEYS or any(key == p or key.startswith(p) for p in IGNORED_PREFIXES)
+    """Keys that never define an arm: seeds, and keys that do not change the numbers
+    (:func:`warmup_lab.identity.changes_numbers`)."""
+    return not identity.changes_numbers(key)
