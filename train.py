@@ -10,14 +10,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 import warmup_lab  # noqa: F401  (registers config resolvers)
-from warmup_lab.checkpoint import CheckpointError
-from warmup_lab.cli import check_command_line
-from warmup_lab.launch import assign_gpu
-from warmup_lab.run import record_failure, run
-from warmup_lab.rundir import DiskFull, RunDirBusy
-from warmup_lab.sweeps import latest_run, request_stop, stop_requested
-from warmup_lab.tb import view_hint
-from warmup_lab.validate import ConfigError
+from warmup_lab.runs.checkpoint import CheckpointError
+from warmup_lab.runs.cli import check_command_line
+from warmup_lab.sweeps.launch import assign_gpu
+from warmup_lab.runs.run import record_failure, run
+from warmup_lab.runs.rundir import DiskFull, RunDirBusy
+from warmup_lab.sweeps.jobs import latest_run, request_stop, stop_requested
+from warmup_lab.runs.tb import view_hint
+from warmup_lab.runs.validate import ConfigError
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

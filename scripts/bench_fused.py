@@ -1,4 +1,4 @@
-"""Many runs per device: K ResNet runs trained fused (``warmup_lab.fused``: grouped convs, one BN
+"""Many runs per device: K ResNet runs trained fused (``warmup_lab.engine.fused``: grouped convs, one BN
 over K*C channels, batched matmul head, one flat optimizer update with per-run lrs) against the
 same K runs one after another through the harness's ``Trainer`` (all metrics on) and through a
 bare loop. Prints training steps/s and the runs-per-hour ratio, measured side by side
@@ -43,7 +43,7 @@ def write_random_cifar(root: Path, per_batch: int) -> Path:
 
 def fused_steps(cfgs, device, steps: int, channels_last: bool) -> tuple[float, float]:
     """Seconds (wall, process CPU) for ``steps`` fused steps of all runs (after 2 warm-up steps)."""
-    from warmup_lab.fused import FusedTrainer, build_fused
+    from warmup_lab.engine.fused import FusedTrainer, build_fused
 
     model, opt, lrs, data, samplers, device = build_fused(cfgs, device, channels_last=channels_last)
     tr = cfgs[0].trainer

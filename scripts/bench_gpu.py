@@ -69,7 +69,7 @@ def peaks(device: torch.device) -> tuple[str, dict | None]:
 def synthetic_cifar(n: int, device: torch.device):
     from warmup_lab.data import InMemoryData
     from warmup_lab.data.cifar import random_crop_flip
-    from warmup_lab.spec import DataSpec
+    from warmup_lab.data.spec import DataSpec
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 3, 32, 32, generator=g)
@@ -82,7 +82,7 @@ def flops_per_sample(model, x, y) -> float:
     """Forward + backward FLOPs of one training sample (counted on a small batch)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from warmup_lab.trainer import loss_fn
+    from warmup_lab.engine.trainer import loss_fn
 
     with FlopCounterMode(display=False) as counter:
         loss_fn(model(x), y).backward()
@@ -94,11 +94,11 @@ def build(model_name: str, variant: str, device: torch.device, batch: int, steps
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from warmup_lab import fastpath
-    from warmup_lab.optim import build_optimizer
-    from warmup_lab.tb import RunWriter
-    from warmup_lab.trainer import Trainer
-    from warmup_lab.validate import check_schedule
+    from warmup_lab.engine import fastpath
+    from warmup_lab.engine.optim import build_optimizer
+    from warmup_lab.runs.tb import RunWriter
+    from warmup_lab.engine.trainer import Trainer
+    from warmup_lab.runs.validate import check_schedule
 
     cfg = compose(MODELS[model_name] + VARIANTS[variant] + [
         f"trainer.device={device.type}", f"trainer.batch_size={batch}", f"trainer.max_steps={steps}",

@@ -54,7 +54,7 @@ class Setup:
     def __init__(self, overrides: list[str], device: torch.device, steps: int):
         from hydra.utils import instantiate
 
-        from warmup_lab.validate import check_schedule
+        from warmup_lab.runs.validate import check_schedule
 
         self.cfg = cfg = compose(overrides + [f"trainer.max_steps={steps}"])
         self.device, self.steps = device, steps
@@ -64,8 +64,8 @@ class Setup:
         self.schedule = check_schedule(cfg, steps)
 
     def fresh(self):
-        from warmup_lab import fastpath
-        from warmup_lab.optim import build_optimizer
+        from warmup_lab.engine import fastpath
+        from warmup_lab.engine.optim import build_optimizer
 
         model = copy.deepcopy(self.model0)
         opt = build_optimizer(self.cfg.optimizer, model)
@@ -173,8 +173,8 @@ def make_trainer(s: Setup, tmp: Path):
     """A ``Trainer`` as ``run()`` builds it (every metric on, real TensorBoard writer)."""
     from omegaconf import OmegaConf
 
-    from warmup_lab.tb import RunWriter
-    from warmup_lab.trainer import Trainer
+    from warmup_lab.runs.tb import RunWriter
+    from warmup_lab.engine.trainer import Trainer
 
     model, opt = s.fresh()
     tr = s.cfg.trainer

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/look_at_tensorboard.py outputs/multirun/<stamp>/tensorboard --arms
 
 Starts TensorBoard on a free port, loads Time Series (the pinned cards of
-``warmup_lab.tb.time_series_url``), HParams and Custom Scalars, and writes one PNG per page to
+``warmup_lab.runs.tb.time_series_url``), HParams and Custom Scalars, and writes one PNG per page to
 ``--out`` (default ``outputs/tensorboard_look/``). It also prints what TensorBoard's server hands the
 HParams page: the first five columns, the ones the page ticks. Needs Debian's ``chromium``
 (``apt-get install -y chromium``); nothing here is needed to train or test.
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from warmup_lab.analysis.tblayout import ARM_PINNED  # noqa: E402
-from warmup_lab.tb import TIME_SERIES_FIRST, time_series_url  # noqa: E402
+from warmup_lab.runs.tb import TIME_SERIES_FIRST, time_series_url  # noqa: E402
 
 # Chromium on a machine with no network: no background connections, a fresh profile
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

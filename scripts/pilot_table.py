@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from warmup_lab.analysis.load import failure_reason, load_runs
-from warmup_lab.tb import swept_keys
+from warmup_lab.runs.tb import swept_keys
 
 
 def fmt(v, spec=".3f") -> str:

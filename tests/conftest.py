@@ -74,7 +74,7 @@ def start_until(cmd: list[str], cwd: Path, root: Path, pattern: str,
 
 def run_keeping_trainer(cfg, run_dir, monkeypatch):
     """``run()`` as train.py calls it, keeping the Trainer it built: (metrics, TB scalars, trainer)."""
-    import warmup_lab.run as run_module
+    import warmup_lab.runs.run as run_module
 
     kept = []
 
@@ -94,11 +94,11 @@ def build_trainer(cfg, run_dir, device: str = "cpu"):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from warmup_lab import fastpath
-    from warmup_lab.optim import build_optimizer
-    from warmup_lab.tb import RunWriter
-    from warmup_lab.trainer import Trainer
-    from warmup_lab.validate import check_schedule
+    from warmup_lab.engine import fastpath
+    from warmup_lab.engine.optim import build_optimizer
+    from warmup_lab.runs.tb import RunWriter
+    from warmup_lab.engine.trainer import Trainer
+    from warmup_lab.runs.validate import check_schedule
 
     device = torch.device(device)
     tr = cfg.trainer

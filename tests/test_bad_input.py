@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import ROOT, compose_cfg
-from warmup_lab.cli import check_command_line
-from warmup_lab.validate import ConfigError, validate
+from warmup_lab.runs.cli import check_command_line
+from warmup_lab.runs.validate import ConfigError, validate
 
 T = ["model=transformer", "model.n_layers=1", "model.d_model=32", "model.n_heads=2"]
 BYTES = ["data=bytes", *T, "data.max_bytes=20000", "data.context_length=16", "data.eval_sequences=8"]
@@ -125,7 +125,7 @@ def test_every_bad_input_is_one_line_naming_the_key_and_what_is_allowed(override
 
 def test_sklearn_digits_class_counts_match_the_table_used_for_the_batch_check():
     from warmup_lab.data import load_digits
-    from warmup_lab.schema import _image_train_size
+    from warmup_lab.runs.schema import _image_train_size
 
     for vf in (0.2, 0.5):
         assert _image_train_size("warmup_lab.data.load_digits", {"val_fraction": vf}, None) == \

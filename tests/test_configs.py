@@ -7,9 +7,9 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import CONF, TINY_BYTES, compose_cfg, options, write_tiny_cifar
-from warmup_lab.optim import build_optimizer
+from warmup_lab.engine.optim import build_optimizer
 from warmup_lab.schedules import ScheduleLR, build_schedule
-from warmup_lab.spec import DataSpec
+from warmup_lab.data.spec import DataSpec
 
 GROUPS = ["model", "data", "optimizer", "scheduler", "trainer"]
 SPECS = {"resnet20": DataSpec("classification", (1, 8, 8), 10),

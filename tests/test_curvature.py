@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import TINY_BYTES, TINY_TRANSFORMER, compose_cfg, read_scalars
-from warmup_lab.curvature import power_iteration, summary, top_eigenvalue
-from warmup_lab.run import run
+from warmup_lab.metrics.curvature import power_iteration, summary, top_eigenvalue
+from warmup_lab.runs.run import run
 
 
 def quadratic_hvp(a: torch.Tensor):
@@ -98,7 +98,7 @@ def test_the_probe_leaves_the_training_trajectory_bitwise_unchanged(tmp_path, ca
     for tag in a:
         assert same(a[tag], b[tag]), tag
     assert off["final_val_loss"] == on["final_val_loss"]
-    from warmup_lab import checkpoint
+    from warmup_lab.runs import checkpoint
 
     wa, wb = (checkpoint.load(checkpoint.checkpoint_files(tmp_path / d / "checkpoints")[0])["model"]
               for d in ("off", "on"))
@@ -160,8 +160,8 @@ def test_summary_counts_crossings_and_the_first_one():
 
 
 def test_the_probe_is_checked_and_not_fused():
-    from warmup_lab.fused import fusable
-    from warmup_lab.validate import ConfigError, validate
+    from warmup_lab.engine.fused import fusable
+    from warmup_lab.runs.validate import ConfigError, validate
 
     with pytest.raises(ConfigError, match="curvature_interval=0"):
         validate(compose_cfg("trainer.metrics.curvature_interval=0"))

@@ -105,7 +105,7 @@ def test_unigram_entropy_is_the_entropy_of_the_training_bytes(tmp_path):
 
 def _lm_run(tmp_path, name: str, text: str):
     from conftest import TINY_TRANSFORMER, compose_cfg
-    from warmup_lab.run import run
+    from warmup_lab.runs.run import run
 
     path = tmp_path / f"{name}.txt"
     path.write_text(text, encoding="utf-8")

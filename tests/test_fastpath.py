@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import compose_cfg, run_keeping_trainer
-from warmup_lab import fastpath
-from warmup_lab.validate import ConfigError
+from warmup_lab.engine import fastpath
+from warmup_lab.runs.validate import ConfigError
 
 SMALL = ["model.width=8", "trainer.max_steps=5", "trainer.log_interval=5"]
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import compose_cfg, run_keeping_trainer, write_tiny_cifar
-from warmup_lab.fused import (FusedCifarResNet, FusedTrainer, build_fused, check_fusable,
+from warmup_lab.engine.fused import (FusedCifarResNet, FusedTrainer, build_fused, check_fusable,
                               fuse_inputs, train_fused)
 from warmup_lab.models.resnet import CifarResNet
 
@@ -99,7 +99,7 @@ def test_configs_that_differ_outside_the_per_run_keys_are_refused():
 
 
 def test_a_schedule_that_follows_the_validation_loss_runs_alone():
-    from warmup_lab.fused import fusable
+    from warmup_lab.engine.fused import fusable
 
     assert fusable(compose_cfg("scheduler=sgdr")) is None
     assert "validation loss" in fusable(compose_cfg("scheduler=reduceonplateau"))

@@ -14,8 +14,8 @@ import pytest
 from conftest import FAST, ROOT, compose_cfg, read_scalars, run_cli, start_until
 from warmup_lab.analysis.arms import group_arms
 from warmup_lab.analysis.load import CURVE_TAGS, load_runs
-from warmup_lab.fused import fused_groups
-from warmup_lab.fused_runs import LoggedFusedTrainer, run_fused
+from warmup_lab.engine.fused import fused_groups
+from warmup_lab.runs.fused_runs import LoggedFusedTrainer, run_fused
 
 SWEEP = [*FAST, "model.width=8", "trainer.eval_interval=3", "trainer.log_interval=4",
          "optimizer=sgd,rmsprop", "seed=0,1", "optimizer.lr=0.02,1e9"]  # 1e9: diverges (sgd)
@@ -68,7 +68,7 @@ def test_a_fused_sweep_reads_like_a_basic_one(tmp_path):
 def test_fused_run_dirs_hold_every_tag_of_a_run_alone(tmp_path, extra):
     """Every TensorBoard tag (per-layer and Adam ones included) at the same steps with the same
     values, and metrics.json with the same keys."""
-    from warmup_lab.run import run
+    from warmup_lab.runs.run import run
 
     lrs = (0.02, 0.01) if "optimizer=sgd" in extra else (1e-3, 3e-3)
     cfgs = [compose_cfg("model.width=8", "trainer.metrics.layer_interval=2", *extra, f"seed={s}",

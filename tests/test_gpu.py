@@ -56,7 +56,7 @@ def test_step_loop_does_not_synchronise_except_at_the_flush(tmp_path, variant):
 
 
 def test_fused_runs_do_not_synchronise(tmp_path):
-    from warmup_lab.fused import FusedTrainer, build_fused
+    from warmup_lab.engine.fused import FusedTrainer, build_fused
 
     root = write_tiny_cifar(tmp_path / "data", n_train_per_batch=64)
     cfgs = [compose_cfg("data=cifar10", f"data.root={root}", "model.width=8", "trainer.device=cuda",
@@ -78,8 +78,8 @@ def test_fused_runs_equal_runs_alone_on_the_gpu(tmp_path, monkeypatch):
     """The CPU test's check (tests/test_fused.py) on CUDA, looser: cuDNN picks other kernels for
     grouped and dense convolutions (TF32 off, so both are fp32)."""
     from conftest import read_scalars
-    from warmup_lab.fused import train_fused
-    from warmup_lab.run import run
+    from warmup_lab.engine.fused import train_fused
+    from warmup_lab.runs.run import run
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 

@@ -97,7 +97,7 @@ def test_steps_between_flushes_read_nothing_from_the_device(tmp_path, monkeypatc
 def test_fused_steps_read_nothing_from_the_device(monkeypatch):
     """The fused trainer of ``launcher=fused`` (K runs as one model), update ratios and a layer
     step (per-layer norms, Adam quantiles) inside the window."""
-    from warmup_lab.fused import FusedTrainer, build_fused
+    from warmup_lab.engine.fused import FusedTrainer, build_fused
 
     cfgs = [compose_cfg("model.width=8", "trainer.max_steps=30", f"seed={s}", f"optimizer.lr={lr}",
                         "optimizer=adamw") for s, lr in ((0, 1e-3), (1, 3e-3))]

@@ -1,4 +1,4 @@
-"""One definition of a run's identity (warmup_lab.identity) and of its records (rundir.RunDir):
+"""One definition of a run's identity (warmup_lab.runs.identity) and of its records (rundir.RunDir):
 which keys define a run, which do not change its numbers, one flatten, and every consumer
 (checkpoints, sweeps, the analysis, TensorBoard, fused grouping) agreeing with it."""
 
@@ -10,8 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg
-from warmup_lab import identity as I
-from warmup_lab.rundir import RunDir
+from warmup_lab.runs import identity as I
+from warmup_lab.runs.rundir import RunDir
 
 
 def test_a_key_covers_its_children_at_a_dot_only():
@@ -31,7 +31,7 @@ def test_one_flatten_for_every_caller():
 
 
 def _old_run_config(cfg) -> str:
-    """checkpoint.run_config before warmup_lab.identity existed (commit 5653181): the reference the
+    """checkpoint.run_config before warmup_lab.runs.identity existed (commit 5653181): the reference the
     digests of every earlier run were made with."""
     volatile = ("trainer.resume", "trainer.progress", "trainer.threads", "trainer.device",
                 "trainer.checkpoint_interval", "trainer.compile", "trainer.compile_optimizer",
@@ -73,9 +73,9 @@ def test_what_defines_a_run_and_what_changes_its_numbers():
 def test_every_consumer_agrees_with_the_one_definition(tmp_path):
     from warmup_lab.analysis.arms import run_settings
     from warmup_lab.analysis.load import Run, flatten, is_ignored
-    from warmup_lab.fused import fused_groups
-    from warmup_lab.run import run
-    from warmup_lab.sweeps import IGNORED_OVERRIDES, override_key
+    from warmup_lab.engine.fused import fused_groups
+    from warmup_lab.runs.run import run
+    from warmup_lab.sweeps.jobs import IGNORED_OVERRIDES, override_key
 
     cfg = compose_cfg("model.width=4")
     metrics = run(cfg, tmp_path)  # checkpoints and finished records
@@ -98,7 +98,7 @@ def test_every_consumer_agrees_with_the_one_definition(tmp_path):
 
 
 def test_tensorboard_hides_bookkeeping_and_shows_speed():
-    from warmup_lab.tb import flat_hparams
+    from warmup_lab.runs.tb import flat_hparams
 
     keys = set(flat_hparams(compose_cfg("data=cifar10", "data.root=/nowhere")))
     assert not keys & {"trainer.progress", "trainer.resume", "trainer.checkpoint_interval", "data.root",

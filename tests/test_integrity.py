@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, TINY_TRANSFORMER, compose_cfg, read_scalars, start_until
-from warmup_lab import checkpoint
-from warmup_lab.rundir import RunDirBusy, RunDirLock, disk_full
-from warmup_lab.run import run
+from warmup_lab.runs import checkpoint
+from warmup_lab.runs.rundir import RunDirBusy, RunDirLock, disk_full
+from warmup_lab.runs.run import run
 
 LONG = ["trainer.progress=false", "trainer.max_steps=400", "trainer.eval_interval=100", "trainer.log_interval=10",
         "trainer.batch_size=16", "trainer.device=cpu", "trainer.threads=1", "scheduler.warmup_ratio=null",
@@ -86,7 +86,7 @@ def test_the_lock_is_released_with_its_process_and_names_its_holder(tmp_path):
         with pytest.raises(RunDirBusy, match=f"pid {os.getpid()}"):
             RunDirLock(tmp_path).acquire()
     RunDirLock(tmp_path).acquire().release()  # free again
-    holder = subprocess.Popen([sys.executable, "-c", f"from warmup_lab.rundir import RunDirLock; import time; "
+    holder = subprocess.Popen([sys.executable, "-c", f"from warmup_lab.runs.rundir import RunDirLock; import time; "
                                f"RunDirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -111,7 +111,7 @@ def _pids_alive(pids) -> list[int]:
 
 @pytest.mark.slow
 def test_sigterm_to_a_joblib_sweep_stops_its_workers_and_leaves_no_process(tmp_path):
-    from warmup_lab.sweeps import _descendants
+    from warmup_lab.sweeps.jobs import _descendants
 
     sweep = tmp_path / "sweep"
     cmd = cli("-m", "launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2,3", f"hydra.sweep.dir={sweep}",

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import compose_cfg, read_scalars
-from warmup_lab import jitter as J
-from warmup_lab.run import run
+from warmup_lab.metrics import jitter as J
+from warmup_lab.runs.run import run
 
 
 def brute(x: np.ndarray, w: int):
@@ -232,10 +232,10 @@ def test_no_host_sync_in_the_step_on_cuda(tmp_path):
     """Between flushes the step (with every metric on) must not synchronise with the host."""
     from hydra.utils import instantiate
 
-    from warmup_lab.optim import build_optimizer
+    from warmup_lab.engine.optim import build_optimizer
     from warmup_lab.schedules import build_schedule
-    from warmup_lab.tb import RunWriter
-    from warmup_lab.trainer import Trainer
+    from warmup_lab.runs.tb import RunWriter
+    from warmup_lab.engine.trainer import Trainer
 
     cfg = compose_cfg("optimizer=adamw", "trainer.device=cuda")
     dev = torch.device("cuda")
@@ -264,7 +264,7 @@ def test_no_host_sync_in_the_step_on_cuda(tmp_path):
                                           ("trainer.metrics.early_fraction=1.5", "early_fraction"),
                                           ("trainer.metrics.layer_interval=0", "layer_interval")])
 def test_bad_metrics_settings_are_config_errors(override, key):
-    from warmup_lab.validate import ConfigError, validate
+    from warmup_lab.runs.validate import ConfigError, validate
 
     with pytest.raises(ConfigError, match=f"trainer.metrics.{key}="):
         validate(compose_cfg(override))

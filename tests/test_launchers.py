@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, read_scalars, start_until
-from warmup_lab import launch
-from warmup_lab.sweeps import format_summary, override_key, plan_resume, summarize
+from warmup_lab.sweeps import launch
+from warmup_lab.sweeps.jobs import format_summary, override_key, plan_resume, summarize
 
 SMALL = ["trainer.progress=false", "trainer.max_steps=8", "trainer.eval_interval=4",
          "trainer.log_interval=4", "trainer.batch_size=16", "trainer.device=cpu"]

@@ -14,7 +14,7 @@ import torch
 from warmup_lab.data import load_mnist1d
 from warmup_lab.data import mnist1d as m1d
 from warmup_lab.models import count_parameters, resnet1d, transformer
-from warmup_lab.spec import DataSpec
+from warmup_lab.data.spec import DataSpec
 
 SIGNALS = DataSpec("classification", (1, 40), 10)
 

@@ -17,7 +17,7 @@ from warmup_lab.models import (
     resnet18,
     transformer,
 )
-from warmup_lab.spec import DataSpec
+from warmup_lab.data.spec import DataSpec
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 CIFAR = DataSpec("classification", (3, 32, 32), 10)

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_BYTES, TINY_TRANSFORMER, compose_cfg, read_scalars, start_until
-from warmup_lab import checkpoint
-from warmup_lab.checkpoint import CheckpointError
-from warmup_lab.run import run
-from warmup_lab.signals import GracefulStop
-from warmup_lab.trainer import Trainer
+from warmup_lab.runs import checkpoint
+from warmup_lab.runs.checkpoint import CheckpointError
+from warmup_lab.runs.run import run
+from warmup_lab.runs.signals import GracefulStop
+from warmup_lab.engine.trainer import Trainer
 
 # 16 steps, flushes every 4, evaluations at 6 and 12, per-layer stats at 0, 6 and 12, checkpoints
 # every 5: an interrupt at step 7 leaves steps 4-6 unflushed and step 6's layer stats queued.

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, read_scalars
-from warmup_lab.run import run
+from warmup_lab.runs.run import run
 
 pytestmark = pytest.mark.slow
 

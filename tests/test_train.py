@@ -11,8 +11,8 @@ from conftest import (TINY_BYTES, TINY_TRANSFORMER, compose_cfg, read_scalars, r
                       write_tiny_cifar)
 from pathlib import Path
 
-from warmup_lab.run import run
-from warmup_lab.tb import HPARAM_METRICS, TIME_SERIES_FIRST, swept_keys, time_series_url
+from warmup_lab.runs.run import run
+from warmup_lab.runs.tb import HPARAM_METRICS, TIME_SERIES_FIRST, swept_keys, time_series_url
 
 MODEL_DATA = [
     ("resnet20", "digits", []),
@@ -63,7 +63,7 @@ def test_tensorboard_has_every_step_and_hparams_in_the_run_dir(tmp_path):
 
 
 def test_hparam_key_set_is_the_same_for_every_option(tmp_path):
-    from warmup_lab.tb import flat_hparams
+    from warmup_lab.runs.tb import flat_hparams
 
     keys = {frozenset(flat_hparams(compose_cfg(f"model={m}", f"optimizer={o}", f"scheduler={s}")))
             for m, o, s in [("resnet20", "sgd", "constantlr"), ("transformer", "adamw", "warmupcosine"),
@@ -143,8 +143,8 @@ def test_logged_lr_is_the_lr_the_optimizer_used_per_group(tmp_path):
     from warmup_lab.data import load_digits
     from warmup_lab.models import cifar_resnet
     from warmup_lab.schedules import build_schedule
-    from warmup_lab.tb import RunWriter
-    from warmup_lab.trainer import Trainer
+    from warmup_lab.runs.tb import RunWriter
+    from warmup_lab.engine.trainer import Trainer
 
     data = load_digits()
     model = cifar_resnet(spec=data.spec, depth=8, width=4)
@@ -179,7 +179,7 @@ def test_hparam_values_keep_their_types_across_options():
     a sweep's HParams column is never turned into text by the runs of another option."""
     import math
 
-    from warmup_lab.tb import flat_hparams
+    from warmup_lab.runs.tb import flat_hparams
 
     adamw = flat_hparams(compose_cfg("optimizer=adamw", "scheduler.warmup_steps=null"))
     sgd = flat_hparams(compose_cfg("optimizer=sgd"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import compose_cfg, run_cli
-from warmup_lab.validate import ConfigError, validate
+from warmup_lab.runs.validate import ConfigError, validate
 
 BAD = [
     (["optimizer.lr=0"], r"optimizer\.lr=0 .*> 0"),

@@ -19,7 +19,7 @@ OmegaConf.register_new_resolver("wl_gpu_count", lambda: _launch().gpu_count(), u
 
 
 def _launch():
-    from . import launch  # noqa: PLC0415 (imported on use: no torch import at package import)
+    from warmup_lab.sweeps import launch  # noqa: PLC0415 (imported on use: no torch import at package import)
 
     return launch
 

@@ -1,8 +1,8 @@
 """``hydra/launcher: fused`` (``launcher=fused``) -- many runs per device: the jobs of a sweep that
 differ only in seed, ``optimizer.lr``, ``optimizer.weight_decay`` and ``scheduler.*`` are trained
 together, up to ``max_runs`` at a time, as one horizontally fused model
-(:mod:`warmup_lab.fused`), and each job's directory is written as if it had run alone
-(:mod:`warmup_lab.fused_runs`), so the sweep's analysis reads them like any other runs.
+(:mod:`warmup_lab.engine.fused`), and each job's directory is written as if it had run alone
+(:mod:`warmup_lab.runs.fused_runs`), so the sweep's analysis reads them like any other runs.
 
 Every job gets Hydra's own job set-up (its directory, ``.hydra/``, the job log). Jobs that cannot
 be fused (another model, data or optimizer, an invalid config, a directory that holds a
@@ -48,9 +48,9 @@ def _collect(task_cfg: DictConfig) -> dict:
 
 
 def _alone_reason(cfg: DictConfig, run_dir: Path) -> Optional[str]:
-    from warmup_lab.checkpoint import FOLDER
-    from warmup_lab.fused import fusable
-    from warmup_lab.validate import ConfigError, validate
+    from warmup_lab.runs.checkpoint import FOLDER
+    from warmup_lab.engine.fused import fusable
+    from warmup_lab.runs.validate import ConfigError, validate
 
     try:
         validate(cfg)
@@ -88,7 +88,7 @@ class FusedLauncher(Launcher):
         return ret
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from warmup_lab.fused import fused_groups
+        from warmup_lab.engine.fused import fused_groups
 
         setup_globals()
         assert self.hydra_context is not None and self.config is not None and self.task_function is not None
@@ -127,7 +127,7 @@ class FusedLauncher(Launcher):
 
     def _run_group(self, group: List[int], setups: List[JobReturn], initial_job_idx: int) -> None:
         """Train ``group`` fused; fills each job's JobReturn (metrics, or the error)."""
-        from warmup_lab.fused_runs import run_fused
+        from warmup_lab.runs.fused_runs import run_fused
 
         cfgs = [setups[i].return_value["cfg"] for i in group]
         dirs = [setups[i].return_value["run_dir"] for i in group]

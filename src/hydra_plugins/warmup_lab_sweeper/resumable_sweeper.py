@@ -5,7 +5,7 @@
   runs (completed, diverged) are skipped, others (interrupted, failed, killed) run again in
   their own directory and continue from their last checkpoint, new ones get new directories.
   Without the flag an existing sweep directory with jobs in it is refused, not overwritten.
-* **run until decided** (``study.max_seeds``, :mod:`warmup_lab.study`): the sweep's seed list
+* **run until decided** (``study.max_seeds``, :mod:`warmup_lab.sweeps.study`): the sweep's seed list
   is the first round; after each round the claim is judged with a sequential design, and while a
   primary part is undecided a round of unused seeds runs, until every part is decided, the seeds
   reach ``study.max_seeds`` or the next round would pass ``study.budget_minutes``;
@@ -35,12 +35,12 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from warmup_lab.analysis.claimspec import ClaimError
-from warmup_lab.progress import SweepProgress
-from warmup_lab.rundir import RunDir
-from warmup_lab.runinfo import write_json
-from warmup_lab.tb import view_hint, write_sweep_experiment
-from warmup_lab.study import Study
-from warmup_lab.sweeps import (IGNORED_OVERRIDES, SweepStop, format_summary, job_dirs, plan_resume, release_slurm_jobs,
+from warmup_lab.runs.progress import SweepProgress
+from warmup_lab.runs.rundir import RunDir
+from warmup_lab.runs.runinfo import write_json
+from warmup_lab.runs.tb import view_hint, write_sweep_experiment
+from warmup_lab.sweeps.study import Study
+from warmup_lab.sweeps.jobs import (IGNORED_OVERRIDES, SweepStop, format_summary, job_dirs, plan_resume, release_slurm_jobs,
                                run_status, summarize)
 
 log = logging.getLogger(__name__)

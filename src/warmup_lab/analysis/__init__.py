@@ -9,8 +9,8 @@ alpha spending across rounds of seeds), ``power`` (seeds a part needs), ``plots`
 ``scripts/analyze.py``.
 """
 
-from .claims import evaluate_claim, named_claims
-from .claimspec import ClaimError, load_claim, parse_claim
-from .report import analyze
+from warmup_lab.analysis.claims import evaluate_claim, named_claims
+from warmup_lab.analysis.claimspec import ClaimError, load_claim, parse_claim
+from warmup_lab.analysis.report import analyze
 
 __all__ = ["ClaimError", "analyze", "evaluate_claim", "load_claim", "named_claims", "parse_claim"]

@@ -1,7 +1,7 @@
 """Arms: runs that share every setting but the seed; per-arm aggregates over seeds.
 
 The arm of a run is its whole flattened config minus the seed and settings that do not change
-the numbers (:func:`warmup_lab.identity.changes_numbers`), so runs from several sweep directories group correctly
+the numbers (:func:`warmup_lab.runs.identity.changes_numbers`), so runs from several sweep directories group correctly
 whatever overrides made them. Arm labels name only what varies, in a fixed priority (layer-norm
 placement, optimizer, schedule, lr, warmup steps, then the rest), leaving out keys that the
 earlier ones already determine (``study.lr_mult`` once ``optimizer.lr`` is shown, SGD's momentum
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .load import Run, is_ignored
-from .stats import summarize, wilson
+from warmup_lab.analysis.load import Run, is_ignored
+from warmup_lab.analysis.stats import summarize, wilson
 
 # warmup is named as the sweep set it: a fraction of the steps (scheduler.warmup_ratio, shown as
 # a percentage) before steps, so a 2% arm reads "warmup=2%", not the steps that 2% became

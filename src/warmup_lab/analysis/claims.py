@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .arms import initial_loss, run_loss
-from .claimspec import (DEFAULT_MARGIN, DEFAULT_METRIC, ClaimError, ClaimSpec, PartSpec, evaluate_effect,
+from warmup_lab.analysis.arms import initial_loss, run_loss
+from warmup_lab.analysis.claimspec import (DEFAULT_MARGIN, DEFAULT_METRIC, ClaimError, ClaimSpec, PartSpec, evaluate_effect,
                         load_claim, preset_names)
-from .load import Run
-from .reducers import REDUCERS
-from .stats import Effect, effect_interval
+from warmup_lab.analysis.load import Run
+from warmup_lab.analysis.reducers import REDUCERS
+from warmup_lab.analysis.stats import Effect, effect_interval
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 __all__ = ["SUPPORTED", "CONTRADICTED", "INCONCLUSIVE", "DEFAULT_MARGIN", "DEFAULT_METRIC", "ClaimError",

@@ -181,7 +181,7 @@ def _arm_values(v) -> tuple:
 
 
 def _reducer_names():
-    from .reducers import REDUCERS
+    from warmup_lab.analysis.reducers import REDUCERS
 
     return REDUCERS
 

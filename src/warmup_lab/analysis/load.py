@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 import warmup_lab  # noqa: F401  (registers wl_mul and friends, used by presets)
-from warmup_lab import identity
+from warmup_lab.runs import identity
 
 CURVE_TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/update_ratio", "jitter/loss_std",
               "jitter/loss_abs_change", "jitter/spike_ratio", "val/loss", "curvature/sharpness",
@@ -60,7 +60,7 @@ class Run:
 
 def flatten(node) -> dict:
     """A run's config as flat keys, lists as tuples (hashable: arms group on them); the one
-    flatten of :mod:`warmup_lab.identity`."""
+    flatten of :mod:`warmup_lab.runs.identity`."""
     return identity.flatten(node, sequences=tuple)
 
 
@@ -161,5 +161,5 @@ def load_runs(sweep_dirs, curves: bool = True) -> list[Run]:
 
 def is_ignored(key: str) -> bool:
     """Keys that never define an arm: seeds, and keys that do not change the numbers
-    (:func:`warmup_lab.identity.changes_numbers`)."""
+    (:func:`warmup_lab.runs.identity.changes_numbers`)."""
     return not identity.changes_numbers(key)

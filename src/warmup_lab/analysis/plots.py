@@ -16,8 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .arms import Arm, run_loss  # noqa: E402
-from ..jitter import rolling_mean  # noqa: E402
+from warmup_lab.analysis.arms import Arm, run_loss  # noqa: E402
+from warmup_lab.metrics.jitter import rolling_mean  # noqa: E402
 
 MAX_LINES = 8
 # Okabe & Ito's palette, readable with the common colour-vision deficiencies, used for every
@@ -174,7 +174,7 @@ def early_jitter(arms: list[Arm], path: Path, metric: str = "early_jitter") -> P
     """Early-phase jitter per arm: one dot per seed (hollow = failed run) and the geometric mean
     with its 95% t-interval (of the log values) as a bar with whiskers; log axis, no bars from an
     arbitrary origin."""
-    from .stats import t_interval
+    from warmup_lab.analysis.stats import t_interval
 
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(arms) + 1.4))
     y = np.arange(len(arms))

@@ -17,7 +17,7 @@ import math
 import numpy as np
 from scipy import stats as _st
 
-from .claims import Part
+from warmup_lab.analysis.claims import Part
 
 
 def seeds_needed(sd: float, delta: float, alpha: float = 0.05, power: float = 0.8, max_n: int = 100_000) -> int | None:

@@ -9,17 +9,17 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import plots, sequential
-from .arms import Arm, absent_keys, group_arms, initial_loss, run_loss, run_settings
-from .claims import DEFAULT_METRIC, ClaimResult, claims_in, evaluate_claim, with_overrides
-from .claims import __doc__ as CLAIMS_DOC
-from .claimspec import load_claim
-from ..runinfo import read_json, write_json
-from .load import Run, load_runs
-from .power import plan_part, plan_text
-from .sequential import STUDY_FILE, Design
-from ..sweeps import FINISHED
-from .tblayout import ARM_DIR, ARM_PINNED, tensorboard_command, time_series_url, write_tensorboard
+from warmup_lab.analysis import plots, sequential
+from warmup_lab.analysis.arms import Arm, absent_keys, group_arms, initial_loss, run_loss, run_settings
+from warmup_lab.analysis.claims import DEFAULT_METRIC, ClaimResult, claims_in, evaluate_claim, with_overrides
+from warmup_lab.analysis.claims import __doc__ as CLAIMS_DOC
+from warmup_lab.analysis.claimspec import load_claim
+from warmup_lab.runs.runinfo import read_json, write_json
+from warmup_lab.analysis.load import Run, load_runs
+from warmup_lab.analysis.power import plan_part, plan_text
+from warmup_lab.analysis.sequential import STUDY_FILE, Design
+from warmup_lab.sweeps.jobs import FINISHED
+from warmup_lab.analysis.tblayout import ARM_DIR, ARM_PINNED, tensorboard_command, time_series_url, write_tensorboard
 
 RESULT_STATUSES = FINISHED  # a crash, a bad config or an unfinished run is not a result
 RUN_FIELDS = ("status", "failed", "failure", "peak_lr", "warmup_steps", "total_steps", "steps",

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as _st
 
-from .claims import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, ClaimResult, Part, evaluate_claim, headline_of,
+from warmup_lab.analysis.claims import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, ClaimResult, Part, evaluate_claim, headline_of,
                      verdict_of)
-from .claimspec import ClaimError, ClaimSpec
-from .load import Run
+from warmup_lab.analysis.claimspec import ClaimError, ClaimSpec
+from warmup_lab.analysis.load import Run
 
 SPENDING = ("obrien_fleming", "pocock")
 STUDY_FILE = "study.json"  # a sequential study's design and rounds in its sweep directory (study.py writes it)
@@ -145,7 +145,7 @@ def judge(spec: ClaimSpec, runs: list[Run], design: Design, first: list[int], n_
         n_looks = sum(1 for j in range(len(design.looks))
                       if set(round_seeds(first, design, j)) & have)
     n_looks = max(1, min(n_looks, len(design.looks)))
-    from .arms import initial_loss
+    from warmup_lab.analysis.arms import initial_loss
 
     frozen: dict[str, tuple[Part, int]] = {}
     looks = []

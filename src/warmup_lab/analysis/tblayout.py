@@ -27,12 +27,12 @@ import numpy as np
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 
-from ..tb import tensorboard_command, time_series_url  # noqa: F401  (re-exported for the report)
-from .arms import Arm
+from warmup_lab.runs.tb import tensorboard_command, time_series_url  # noqa: F401  (re-exported for the report)
+from warmup_lab.analysis.arms import Arm
 
 ARM_TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/update_ratio", "jitter/loss_std",
             "jitter/spike_ratio")
-#: The arm runs' cards pinned on top of Time Series (see :func:`warmup_lab.tb.time_series_url`).
+#: The arm runs' cards pinned on top of Time Series (see :func:`warmup_lab.runs.tb.time_series_url`).
 ARM_PINNED = ("arm/train/loss/mean", "arm/train/lr/mean", "arm/jitter/loss_std/mean")
 LAYOUT_SUFFIX = ".layout"
 

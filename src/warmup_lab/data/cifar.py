@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..spec import DataSpec
-from .dataset import InMemoryData
+from warmup_lab.data.spec import DataSpec
+from warmup_lab.data.dataset import InMemoryData
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]

@@ -7,8 +7,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..spec import DataSpec
-from .batches import RandomWindows, ShuffledBatches
+from warmup_lab.data.spec import DataSpec
+from warmup_lab.data.batches import RandomWindows, ShuffledBatches
 
 
 @dataclass

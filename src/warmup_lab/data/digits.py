@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..spec import DataSpec
-from .dataset import InMemoryData
+from warmup_lab.data.spec import DataSpec
+from warmup_lab.data.dataset import InMemoryData
 
 
 def digits_csv_path() -> Path:

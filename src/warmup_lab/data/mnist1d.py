@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..spec import DataSpec
-from .dataset import InMemoryData
+from warmup_lab.data.spec import DataSpec
+from warmup_lab.data.dataset import InMemoryData
 
 log = logging.getLogger(__name__)
 SEQ_LENGTH = 40  # the package's final_seq_length: every signal has 40 samples

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..spec import DataSpec
-from .dataset import InMemoryData
+from warmup_lab.data.spec import DataSpec
+from warmup_lab.data.dataset import InMemoryData
 
 
 def stdlib_corpus(max_bytes: int) -> bytes:

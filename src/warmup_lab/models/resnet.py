@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from warmup_lab.spec import DataSpec
+from warmup_lab.data.spec import DataSpec
 
 
 def as_data_spec(spec) -> DataSpec:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from warmup_lab.models.resnet import as_data_spec
-from warmup_lab.spec import DataSpec
+from warmup_lab.data.spec import DataSpec
 
 
 class SelfAttention(nn.Module):

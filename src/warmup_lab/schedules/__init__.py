@@ -14,11 +14,11 @@ Modules: ``parts`` (warmup ramps and decay curves), ``schedule`` (how parts comb
 ``conf/scheduler/<name>.yaml``), ``adapter`` (the optimizer side).
 """
 
-from .adapter import ScheduleLR
-from .errors import ScheduleError
-from .knobs import ratio_to_steps
-from .registry import SCHEDULES, STEP_RATIO_PAIRS, build_schedule
-from .schedule import Schedule
+from warmup_lab.schedules.adapter import ScheduleLR
+from warmup_lab.schedules.errors import ScheduleError
+from warmup_lab.schedules.knobs import ratio_to_steps
+from warmup_lab.schedules.registry import SCHEDULES, STEP_RATIO_PAIRS, build_schedule
+from warmup_lab.schedules.schedule import Schedule
 
 __all__ = ["SCHEDULES", "STEP_RATIO_PAIRS", "Schedule", "ScheduleError", "ScheduleLR",
            "build_schedule", "ratio_to_steps"]

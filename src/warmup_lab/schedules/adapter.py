@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from .schedule import check_step
+from warmup_lab.schedules.schedule import check_step
 
 
 class ScheduleLR:

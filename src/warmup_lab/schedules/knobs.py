@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from itertools import pairwise
 from typing import Any, NoReturn
 
-from .errors import ScheduleError
+from warmup_lab.schedules.errors import ScheduleError
 
 
 def ratio_to_steps(ratio: float, total: int) -> int:

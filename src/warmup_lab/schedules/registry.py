@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from .errors import ScheduleError
-from .knobs import Knobs, fmt
-from .parts import (
+from warmup_lab.schedules.errors import ScheduleError
+from warmup_lab.schedules.knobs import Knobs, fmt
+from warmup_lab.schedules.parts import (
     DECAY_SHAPES,
     WARMUP_TYPES,
     Constant,
@@ -33,7 +33,7 @@ from .parts import (
     Step,
     WarmRestarts,
 )
-from .schedule import (Cyclic, OneCycle, PiecewiseConstant, Plateau, Schedule, ShiftedCosine, TimmCosine, WarmupThenDecay,
+from warmup_lab.schedules.schedule import (Cyclic, OneCycle, PiecewiseConstant, Plateau, Schedule, ShiftedCosine, TimmCosine, WarmupThenDecay,
                        WarmupTimesDecay)
 
 Builder = Callable[[str, Knobs, int, dict | None], Schedule]

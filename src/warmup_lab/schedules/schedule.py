@@ -13,8 +13,8 @@ from bisect import bisect_left
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import ScheduleError
-from .parts import Ramp
+from warmup_lab.schedules.errors import ScheduleError
+from warmup_lab.schedules.parts import Ramp
 
 
 def check_step(step: int) -> int:

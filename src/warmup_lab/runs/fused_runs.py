@@ -1,5 +1,5 @@
-"""Fused runs recorded as runs: K configs trained together (:mod:`warmup_lab.fused`), each run's
-directory filled as :func:`warmup_lab.run.run` fills it alone, so a sweep's analysis reads them
+"""Fused runs recorded as runs: K configs trained together (:mod:`warmup_lab.engine.fused`), each run's
+directory filled as :func:`warmup_lab.runs.run.run` fills it alone, so a sweep's analysis reads them
 like any other runs (``launcher=fused``, docs/performance.md).
 
 Per run: TensorBoard events (``train/loss``, ``train/lr``, ``train/grad_norm``,
@@ -12,7 +12,7 @@ diverged``) while the others go on.
 Checkpoints: the group's state is saved every ``trainer.checkpoint_interval`` steps and on
 SIGTERM/SIGINT (after the current step and the evaluation due at it; running runs end
 ``interrupted``) into ``<first run dir>/fused_checkpoints`` (atomic, the last two kept, as
-:mod:`warmup_lab.checkpoint`), and every run dir names its group in ``fused_group.json``. The
+:mod:`warmup_lab.runs.checkpoint`), and every run dir names its group in ``fused_group.json``. The
 same group (same run dirs, same configs) continues from the newest checkpoint, bit for bit on
 the CPU; TensorBoard readers drop the events logged after it. Any other group of those dirs
 starts again from step 0 (all earlier events purged).
@@ -32,18 +32,18 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import CheckpointError, load_latest
-from .identity import digest as identity_digest, run_identity
-from .checkpoint import save as save_checkpoint
-from .fused import FusedTrainer, build_fused
-from .jitter import JitterTracker, MetricsConfig
-from .run import seed_everything, setup_process
-from .rundir import RunDir, RunDirLock, remove_orphan_temp_files, set_aside_dead_session
-from .runinfo import read_json, run_metadata, write_json
-from .signals import GracefulStop
-from .tb import RunWriter, flat_hparams
-from .trainer import TrainResult
-from .validate import check_schedule, validate
+from warmup_lab.runs.checkpoint import CheckpointError, load_latest
+from warmup_lab.runs.identity import digest as identity_digest, run_identity
+from warmup_lab.runs.checkpoint import save as save_checkpoint
+from warmup_lab.engine.fused import FusedTrainer, build_fused
+from warmup_lab.metrics.jitter import JitterTracker, MetricsConfig
+from warmup_lab.runs.run import seed_everything, setup_process
+from warmup_lab.runs.rundir import RunDir, RunDirLock, remove_orphan_temp_files, set_aside_dead_session
+from warmup_lab.runs.runinfo import read_json, run_metadata, write_json
+from warmup_lab.runs.signals import GracefulStop
+from warmup_lab.runs.tb import RunWriter, flat_hparams
+from warmup_lab.engine.trainer import TrainResult
+from warmup_lab.runs.validate import check_schedule, validate
 
 JITTER_COLS = ("loss_std", "loss_abs_change", "spike_ratio", "spike_count")
 GROUP_FILE = "fused_group.json"      # in every run dir: the group and where its checkpoints are
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 class LoggedFusedTrainer(FusedTrainer):
     """:class:`FusedTrainer` that also writes each run's TensorBoard events, jitter metrics and
-    :class:`TrainResult` as :class:`warmup_lab.trainer.Trainer` does for a run alone."""
+    :class:`TrainResult` as :class:`warmup_lab.engine.trainer.Trainer` does for a run alone."""
 
     def __init__(self, *args, writers: list[RunWriter], trackers: list[JitterTracker], **kwargs):
         super().__init__(*args, **kwargs)
@@ -159,8 +159,8 @@ def _group_checkpoint(dirs: list[Path], identities: list[str]) -> dict | None:
 
 def run_fused(cfgs: list[DictConfig], run_dirs: list[str | Path]) -> list[dict]:
     """Train the runs of ``cfgs`` (composed configs that differ only in
-    :data:`warmup_lab.fused.PER_RUN_KEYS`) fused on one device and record run ``k`` in
-    ``run_dirs[k]`` as :func:`warmup_lab.run.run` would alone; returns their metrics. A bad
+    :data:`warmup_lab.engine.fused.PER_RUN_KEYS`) fused on one device and record run ``k`` in
+    ``run_dirs[k]`` as :func:`warmup_lab.runs.run.run` would alone; returns their metrics. A bad
     config raises ``ConfigError`` (or ``ValueError`` for configs that cannot be fused) before
     anything is built."""
     for cfg in cfgs:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from .schema import METRICS_KEYS, ConfigError
+from warmup_lab.runs.schema import METRICS_KEYS, ConfigError
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 OPTION_GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "experiment", "launcher", "arm")
 KEY_GROUPS = ("model", "data", "optimizer", "scheduler", "trainer")
 FREE = ("hydra", "study", "local")           # keys Hydra, presets or your local file own
@@ -105,7 +105,7 @@ def selected_options(group: str, parsed) -> list[str] | None:
 def schema_keys(group: str, option: str | None = None) -> frozenset[str]:
     """Knobs the schema table accepts for the group's options (or the one option): torch's own
     keyword arguments such as ``optimizer.amsgrad`` are knobs although no YAML file sets them."""
-    from .schema import SCHEMA
+    from warmup_lab.runs.schema import SCHEMA
 
     table = SCHEMA.get(group, {})
     if option is not None:

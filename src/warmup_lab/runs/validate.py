@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from .schema import ConfigError, check as check_schema
+from warmup_lab.runs.schema import ConfigError, check as check_schema
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
@@ -82,7 +82,7 @@ def validate(cfg: DictConfig) -> None:
     lr = opt.get("lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
         raise ConfigError(f"optimizer.lr={lr} is invalid: must be a finite number > 0")
-    from .optim import OPTIMIZERS
+    from warmup_lab.engine.optim import OPTIMIZERS
 
     if opt.get("name") not in OPTIMIZERS:
         raise ConfigError(f"optimizer.name={opt.get('name')} is invalid: allowed {', '.join(OPTIMIZERS)}")
@@ -108,7 +108,7 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(tr.get("resume", False), bool):
         raise ConfigError(f"trainer.resume={tr.get('resume')} is invalid: must be true or false")
     check_metrics(tr.get("metrics"))
-    from .fastpath import compile_mode
+    from warmup_lab.engine.fastpath import compile_mode
 
     if compile_mode(tr.get("compile")) and (tr.get("metrics") or {}).get("curvature_interval"):
         raise ConfigError("trainer.metrics.curvature_interval needs trainer.compile=false: the probe's "
@@ -124,8 +124,8 @@ def validate(cfg: DictConfig) -> None:
 
 def check_study_block(study) -> None:
     """``study.claim`` (schema only: the runs it needs come later) and the sequential knobs."""
-    from .analysis.claimspec import ClaimError
-    from .study import check_study
+    from warmup_lab.analysis.claimspec import ClaimError
+    from warmup_lab.sweeps.study import check_study
 
     try:
         check_study(study)
@@ -135,7 +135,7 @@ def check_study_block(study) -> None:
 
 def check_schedule(cfg: DictConfig, total_steps: int):
     """Build the schedule (cheap, pure) so its own checks run; returns it."""
-    from .schedules import ScheduleError, build_schedule
+    from warmup_lab.schedules import ScheduleError, build_schedule
 
     try:
         return build_schedule(cfg.scheduler, total_steps=total_steps, optimizer_cfg=cfg.optimizer)

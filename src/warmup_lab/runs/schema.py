@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .schedules.knobs import fmt  # a value as a Hydra override writes it (null, true, [1, 2])
+from warmup_lab.schedules.knobs import fmt  # a value as a Hydra override writes it (null, true, [1, 2])
 
 INF = math.inf
 
@@ -257,7 +257,7 @@ def cross_checks(c: dict) -> None:
         raise ConfigError(f"optimizer.nesterov=true needs optimizer.momentum > 0 (it is {fmt(opt.get('momentum'))})")
     batch = tr.get("batch_size")
     if signal is not None and isinstance(batch, int):
-        from .data.mnist1d import split_sizes
+        from warmup_lab.data.mnist1d import split_sizes
 
         n_train = split_sizes(data["num_samples"], data["train_split"])[0]
         if batch > n_train:
@@ -272,7 +272,7 @@ def cross_checks(c: dict) -> None:
     if lm:
         check_corpus(data)
     if dt == "warmup_lab.data.load_cifar10" and not data.get("download"):
-        from .data.cifar import FOLDER, TEST_FILE, TRAIN_FILES
+        from warmup_lab.data.cifar import FOLDER, TEST_FILE, TRAIN_FILES
 
         folder = Path(str(data.get("root"))).expanduser() / FOLDER
         missing = [n for n in [*TRAIN_FILES, TEST_FILE] if not (folder / n).is_file()]

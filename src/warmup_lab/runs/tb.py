@@ -13,7 +13,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from . import identity
+from warmup_lab.runs import identity
 
 # Final metrics shown in the HParams dashboard; the same names in every run.
 # metrics that mean something on a healthy run too: not max_spike_ratio, which divides by the
@@ -64,7 +64,7 @@ def _as_hparam(value):
 
 
 def conf_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "conf"
+    return Path(__file__).resolve().parents[3] / "conf"
 
 
 def group_keys(group: str) -> set[str]:
@@ -104,7 +104,7 @@ def string_keys() -> frozenset[str]:
 def resolved_keys() -> frozenset[str]:
     """``resolved.<key>`` of every schedule's ``info()`` (built once at its defaults), so the
     resolved columns are the same in every run too."""
-    from .schedules import SCHEDULES, build_schedule
+    from warmup_lab.schedules import SCHEDULES, build_schedule
 
     keys: set[str] = set()
     for name in SCHEDULES:
@@ -307,7 +307,7 @@ def write_sweep_experiment(sweep_dir: Path, run_dirs: list[Path]) -> Path | None
             row = flat_hparams(OmegaConf.load(cfg_path))
         except Exception:  # noqa: BLE001 - a config this code cannot resolve: left out of the columns
             continue
-        from .runinfo import read_json
+        from warmup_lab.runs.runinfo import read_json
 
         meta, metrics = read_json(Path(d) / "run_meta.json") or {}, read_json(Path(d) / "metrics.json") or {}
         if meta.get("device"):  # what the run's own session says: the device it used

@@ -17,7 +17,7 @@ seed (initialisation and data order), learning rate, schedule and weight decay; 
 are a ``(steps, K)`` table on the device, so a step reads no host value and never recompiles.
 
 :func:`train_fused` trains the runs of K composed configs fused; each run gets the numbers it would
-get from ``warmup_lab.run.run`` alone (same seed), to float rounding: ``tests/test_fused.py``
+get from ``warmup_lab.runs.run.run`` alone (same seed), to float rounding: ``tests/test_fused.py``
 checks losses, gradient norms, lrs, validation metrics and final weights against the real trainer.
 Supported: ``model`` a CIFAR ResNet (resnet20/56/...), image classification data, optimizers
 sgd, adam and adamw (no amsgrad), any schedule. Runs may differ in ``seed``, ``optimizer.lr``,
@@ -36,15 +36,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .data.cifar import apply_crop_flip, crop_flip_params, random_crop_flip
-from .models.resnet import BasicBlock, CifarResNet
-from .identity import PER_RUN, fuse_key
-from .jitter import log_step_stats
-from .schedules import ScheduleLR
-from .schedules.registry import VAL_DRIVEN
+from warmup_lab.data.cifar import apply_crop_flip, crop_flip_params, random_crop_flip
+from warmup_lab.models.resnet import BasicBlock, CifarResNet
+from warmup_lab.runs.identity import PER_RUN, fuse_key
+from warmup_lab.metrics.jitter import log_step_stats
+from warmup_lab.schedules import ScheduleLR
+from warmup_lab.schedules.registry import VAL_DRIVEN
 
 FUSED_OPTIMIZERS = ("sgd", "adam", "adamw")
-PER_RUN_KEYS = PER_RUN  # what runs of one group may differ in (warmup_lab.identity)
+PER_RUN_KEYS = PER_RUN  # what runs of one group may differ in (warmup_lab.runs.identity)
 
 
 # -- the fused model -----------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def fuse_inputs(xs: torch.Tensor) -> torch.Tensor:
 class FusedOptimizer:
     """SGD (momentum, nesterov, dampening), Adam or AdamW over the K runs of a fused model, with
     torch's update rules; each run has its own lr (a ``(K,)`` tensor passed to :meth:`step`) and
-    weight decay. Weight decay applies, as in ``warmup_lab.optim.param_groups``, to parameters
+    weight decay. Weight decay applies, as in ``warmup_lab.engine.optim.param_groups``, to parameters
     whose per-run tensor has ``>= 2`` dimensions unless ``decay_norm_and_bias``.
 
     All parameters are re-pointed into one flat buffer and their ``.grad`` into another (autograd
@@ -252,7 +252,7 @@ class FusedOptimizer:
 
     @torch.no_grad()
     def layer_stats(self, update_ratio: bool) -> dict[str, torch.Tensor]:
-        """What :class:`warmup_lab.jitter.JitterTracker` logs per run on layer steps, as ``(K,)``
+        """What :class:`warmup_lab.metrics.jitter.JitterTracker` logs per run on layer steps, as ``(K,)``
         device tensors: per-layer gradient norms (before clipping, from :meth:`grad_norms`),
         per-layer update ratios (after :meth:`update_ratios`) and, for Adam, the quantiles of
         the effective per-coordinate step. Call it after :meth:`step`."""
@@ -428,7 +428,7 @@ def lr_table(cfgs: list[DictConfig], schedules: list, steps: int) -> list[list[f
 
 
 class FusedTrainer:
-    """The fused counterpart of :class:`warmup_lab.trainer.Trainer` for K runs: same batches,
+    """The fused counterpart of :class:`warmup_lab.engine.trainer.Trainer` for K runs: same batches,
     same update, metrics kept on the device and read every ``log_interval`` steps."""
 
     def __init__(self, model: FusedCifarResNet, optimizer: FusedOptimizer, lrs: list[list[float]],
@@ -603,7 +603,7 @@ class FusedTrainer:
         """Everything needed to continue exactly after a flush (tensors and plain types, so it
         loads with ``weights_only``): model (BN statistics), optimizer, samplers, RNG states and
         the per-run sequences so far."""
-        from .checkpoint import rng_state
+        from warmup_lab.runs.checkpoint import rng_state
 
         assert not self.filled, "a fused checkpoint is taken right after a flush"
         return {"step": self.step, "purge_step": self.step, "model": self.model.state_dict(),
@@ -613,7 +613,7 @@ class FusedTrainer:
                            "val": self.val, "status": self.status, "diverged_step": self.diverged_step}}
 
     def load_state_dict(self, state: dict) -> None:
-        from .checkpoint import set_rng_state
+        from warmup_lab.runs.checkpoint import set_rng_state
 
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -629,9 +629,9 @@ class FusedTrainer:
 def build_fused(cfgs: list[DictConfig], device: torch.device | str | None = None, *,
                 channels_last: bool = False):
     """The fused model, optimizer, per-run schedules' lr table, data and samplers for ``cfgs``,
-    built as ``warmup_lab.run.run`` builds each run alone (same seeds, same order)."""
-    from .run import resolve_device, total_steps
-    from .validate import check_schedule, validate
+    built as ``warmup_lab.runs.run.run`` builds each run alone (same seeds, same order)."""
+    from warmup_lab.runs.run import resolve_device, total_steps
+    from warmup_lab.runs.validate import check_schedule, validate
 
     for cfg in cfgs:
         validate(cfg)

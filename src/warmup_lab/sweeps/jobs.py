@@ -3,7 +3,7 @@
 A run is identified by its **overrides** (``.hydra/overrides.yaml`` of its directory), not by
 its job number: ``seed=0 optimizer=sgd`` is the same run whatever its place in the sweep, and
 whichever order the command line lists the values in. Overrides outside a run's identity
-(:data:`warmup_lab.identity.NOT_IDENTITY_OVERRIDES`: the resume flag, progress bars, threads,
+(:data:`warmup_lab.runs.identity.NOT_IDENTITY_OVERRIDES`: the resume flag, progress bars, threads,
 device, checkpoint interval, launcher, output paths, the study's design) are left out.
 
 Used by the resumable sweeper (``hydra_plugins/warmup_lab_sweeper``) and by ``train.py``
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .identity import NOT_IDENTITY_OVERRIDES, SEEDS, matches
-from .rundir import FINISHED  # noqa: F401  (re-exported: a run with this status is done)
+from warmup_lab.runs.identity import NOT_IDENTITY_OVERRIDES, SEEDS, matches
+from warmup_lab.runs.rundir import FINISHED  # noqa: F401  (re-exported: a run with this status is done)
 
 STATUSES = ("completed", "diverged", "failed", "interrupted", "unfinished")
 IGNORED_OVERRIDES = NOT_IDENTITY_OVERRIDES  # the sweeper's default ignore_overrides
@@ -264,7 +264,7 @@ class SweepStop:
         return self.signum
 
     def __exit__(self, *exc) -> None:
-        from .signals import restore_handlers
+        from warmup_lab.runs.signals import restore_handlers
 
         restore_handlers(self._previous)
         self._previous = {}
@@ -290,7 +290,7 @@ class SweepStop:
 def slurm_job_of(run_dir: Path) -> str | None:
     """The SLURM job (``<array>_<task>`` or a plain id) that last ran ``run_dir``, from its
     ``run_meta.json``; None if SLURM never ran it."""
-    from .runinfo import read_json
+    from warmup_lab.runs.runinfo import read_json
 
     meta = read_json(Path(run_dir) / "run_meta.json") or {}
     job, task = meta.get("slurm_job_id"), meta.get("slurm_array_task_id")

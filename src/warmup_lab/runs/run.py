@@ -16,19 +16,19 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import FOLDER as CHECKPOINTS, CheckpointError, load_latest
-from .identity import digest as identity_digest, identity_diff, run_identity
-from .checkpoint import save as save_checkpoint
-from . import fastpath
-from .optim import build_optimizer
-from .rundir import (DiskFull, DiskReserve, RunDir, RunDirLock, disk_full, disk_full_text, remove_orphan_temp_files,
+from warmup_lab.runs.checkpoint import FOLDER as CHECKPOINTS, CheckpointError, load_latest
+from warmup_lab.runs.identity import digest as identity_digest, identity_diff, run_identity
+from warmup_lab.runs.checkpoint import save as save_checkpoint
+from warmup_lab.engine import fastpath
+from warmup_lab.engine.optim import build_optimizer
+from warmup_lab.runs.rundir import (DiskFull, DiskReserve, RunDir, RunDirLock, disk_full, disk_full_text, remove_orphan_temp_files,
                      set_aside_dead_session)
-from .runinfo import now, run_metadata
-from .signals import GracefulStop
-from .sweeps import FINISHED
-from .tb import RunWriter, flat_hparams
-from .trainer import Trainer
-from .validate import ConfigError, check_schedule, validate
+from warmup_lab.runs.runinfo import now, run_metadata
+from warmup_lab.runs.signals import GracefulStop
+from warmup_lab.sweeps.jobs import FINISHED
+from warmup_lab.runs.tb import RunWriter, flat_hparams
+from warmup_lab.engine.trainer import Trainer
+from warmup_lab.runs.validate import ConfigError, check_schedule, validate
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import rng_state, set_rng_state
-from .data import InMemoryData
-from .jitter import JitterTracker, MetricsConfig
-from .fastpath import total_norm
-from .schedules import ScheduleLR
-from .step_buffer import StepBuffer
-from .tb import RunWriter
+from warmup_lab.runs.checkpoint import rng_state, set_rng_state
+from warmup_lab.data import InMemoryData
+from warmup_lab.metrics.jitter import JitterTracker, MetricsConfig
+from warmup_lab.engine.fastpath import total_norm
+from warmup_lab.schedules import ScheduleLR
+from warmup_lab.engine.step_buffer import StepBuffer
+from warmup_lab.runs.tb import RunWriter
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Trainer:
         self.curvature = None  # sharpness every curvature_interval steps (curvature.py)
         self.curvature_rows: list[tuple[int, dict]] = []
         if mcfg.curvature_interval:
-            from .curvature import CurvatureProbe
+            from warmup_lab.metrics.curvature import CurvatureProbe
 
             self.curvature = CurvatureProbe(model, optimizer, type(optimizer).__name__.lower(), data, loss_fn,
                                             seed=seed, interval=mcfg.curvature_interval, iters=mcfg.curvature_iters,
@@ -163,7 +163,7 @@ class Trainer:
         spec = self.data.spec
         out = self.tracker.summary(chance_acc=None if spec.is_lm else 1.0 / spec.num_classes)
         if self.curvature is not None:
-            from .curvature import summary
+            from warmup_lab.metrics.curvature import summary
 
             early = math.ceil(self.tracker.cfg.early_fraction * self.total_steps)
             out.update(summary(self.curvature_rows, early, getattr(self.schedule, "warmup_steps", 0) or 0))

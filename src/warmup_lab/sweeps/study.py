@@ -17,11 +17,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .analysis.claimspec import ClaimError, ClaimSpec, load_claim
-from .analysis.sequential import STUDY_FILE
-from .progress import fmt_duration
-from .sweeps import FINISHED
-from .runinfo import read_json, write_json
+from warmup_lab.analysis.claimspec import ClaimError, ClaimSpec, load_claim
+from warmup_lab.analysis.sequential import STUDY_FILE
+from warmup_lab.runs.progress import fmt_duration
+from warmup_lab.sweeps.jobs import FINISHED
+from warmup_lab.runs.runinfo import read_json, write_json
 
 
 
@@ -65,7 +65,7 @@ class Study:
 
     @staticmethod
     def _build(config, jobs):
-        from .analysis.sequential import design_from_study
+        from warmup_lab.analysis.sequential import design_from_study
 
         study = OmegaConf.select(config, "study")
         study = OmegaConf.to_container(study, resolve=True) if study is not None else {}
@@ -91,14 +91,14 @@ class Study:
         return f"{self.spec.name} round {look + 1} of at most {len(self.design.looks)}"
 
     def round_jobs(self, look: int) -> list[list[str]]:
-        from .analysis.sequential import round_seeds
+        from warmup_lab.analysis.sequential import round_seeds
 
         return [_with_seed(t, s) for s in round_seeds(self.first, self.design, look) for t in self.templates]
 
     def after_round(self, look: int, wall_s: float, sweep_dir: Path) -> bool:
         """Judge the claim after round ``look`` (0-based); write study.json; True to stop."""
-        from .analysis.load import load_runs
-        from .analysis.sequential import judge, round_seeds, undecided
+        from warmup_lab.analysis.load import load_runs
+        from warmup_lab.analysis.sequential import judge, round_seeds, undecided
 
         path = Path(sweep_dir) / STUDY_FILE
         old = read_json(path) or {}
@@ -147,7 +147,7 @@ def _short(part_id: str, width: int = 32) -> str:
 
 def check_study(study) -> None:
     """The checks a single run makes of its ``study`` block (raises ``ClaimError``)."""
-    from .analysis.sequential import design_from_study
+    from warmup_lab.analysis.sequential import design_from_study
 
     if study is None:
         return

@@ -7,8 +7,8 @@ written to a temporary name and renamed into place, so a reader sees a whole che
 none; the newest :data:`KEEP` are kept. A truncated or corrupt newest file is moved aside
 (``*.corrupt``) with a warning and the previous one is used.
 
-The state itself comes from :meth:`warmup_lab.trainer.Trainer.state_dict`; this module adds
-the RNG helpers; the ``config`` it stores is the run's identity (:func:`warmup_lab.identity.run_identity`),
+The state itself comes from :meth:`warmup_lab.engine.trainer.Trainer.state_dict`; this module adds
+the RNG helpers; the ``config`` it stores is the run's identity (:func:`warmup_lab.runs.identity.run_identity`),
 which a resumed run must match.
 """
 
