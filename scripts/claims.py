@@ -61,15 +61,16 @@ def fmt_effect(h: dict | None) -> tuple[str, str]:
 def parts_text(claim: dict, plans: list[dict] | None) -> str:
     """The verdict of each primary and context part; an undecided one with the seeds it would
     need at the observed spread and estimate (80% power, analysis/power.py)."""
-    need = {p.get("id"): p.get("seeds_at_estimate") for p in plans or []}
+    need = {p.get("id"): (p.get("seeds_at_margin"), p.get("seeds_at_estimate")) for p in plans or []}
     out = []
     for p in claim.get("parts", []):
         if not (p.get("primary") or p.get("context")):
             continue
         text = f"{p['id']}{' (context)' if p.get('context') else ''}: {p['verdict']}"
         if p["verdict"] == "inconclusive":
-            n = need.get(p["id"])
-            text += f" (about {n} seeds at this spread)" if n else " (more seeds than 500 at this spread)"
+            at_margin, at_estimate = need.get(p["id"], (None, None))
+            n = lambda v: f"about {v}" if v else "over 100000"  # noqa: E731 (power.seeds_needed's cap)
+            text += f" (seeds to decide at this spread: {n(at_margin)} at the margin, {n(at_estimate)} at this estimate)"
         out.append(text)
     return "; ".join(out)
 
