@@ -162,11 +162,15 @@ def test_requeue_and_the_pre_timeout_signal_resume_bit_for_bit(tmp_path):
     and ends with the train/loss of an uninterrupted run, every step once."""
     sweep_dir = tmp_path / "sweep"
     # job 0 trains longer than the cluster's KillWait (10 s) after its requeue's SIGTERM, so
-    # SLURM kills it and the requeued job continues from the checkpoint that SIGTERM asked for
-    steps = {0: 2500, 1: 1000}
-    proc = start_sweep("seed=0", "trainer.max_steps=2500,1000", *TRANSFORMER, tmp=sweep_dir)
+    # SLURM kills it and the requeued job continues from the checkpoint that SIGTERM asked for.
+    # Both must still be training when the signals come: at 260-520 steps/s on one core (seen on
+    # this machine), 20000 and 5000 steps last 40-80 s and 10-20 s.
+    steps = {0: 20000, 1: 5000}
+    proc = start_sweep("seed=0", "trainer.max_steps=20000,5000", *TRANSFORMER, "trainer.checkpoint_interval=100",
+                       tmp=sweep_dir)
     d0, d1 = sweep_dir / "0", sweep_dir / "1"
     wait_for(lambda: len(checkpoints(d0)) >= 2 and len(checkpoints(d1)) >= 2, "both jobs' checkpoints", proc=proc)
+    assert status(d0) is None and status(d1) is None, "a job finished before its signal: make the jobs longer"
     subprocess.run(["scontrol", "requeue", slurm_id(d0)], check=True)
     subprocess.run(["scancel", "--signal=USR2", slurm_id(d1)], check=True)
     out, err = proc.communicate(timeout=600)
@@ -192,7 +196,7 @@ def test_a_time_limit_shorter_than_the_training_is_crossed_by_requeues(tmp_path)
     timeout, counted against max_num_timeout), and the requeued job carries it to the end; every
     step once. Bitwise resume is the test above; this one is about the time limit itself."""
     sweep_dir = tmp_path / "sweep"
-    steps = 30000  # about 110 s of training on one core (260 steps/s): longer than the first job's time
+    steps = 90000  # 170-350 s of training on one core (260-520 steps/s seen here): longer than a job's 2 min
     proc = sweep("seed=0", *TRANSFORMER, f"trainer.max_steps={steps}", "trainer.checkpoint_interval=1000",
                  "trainer.log_interval=100", "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=45",
                  "hydra.launcher.max_num_timeout=6", tmp=sweep_dir, timeout=900)
