@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from warmup_lab.analysis.load import failure_reason, load_runs
+from warmup_lab.runs.rundir import FINISHED
 from warmup_lab.runs.tb import swept_keys
 
 
@@ -32,10 +33,11 @@ def main(argv=None) -> int:
     ap.add_argument("sweeps", nargs="+", type=Path)
     ap.add_argument("--by", nargs="*", help="config keys of a row (default: the keys the sweeps vary, but seed)")
     args = ap.parse_args(argv)
-    loaded = load_runs(args.sweeps, curves=False)
-    runs = [r for r in loaded if r.status in ("completed", "diverged")]
-    for r in loaded:
-        if r not in runs:
+    runs = []
+    for r in load_runs(args.sweeps, curves=False):
+        if r.status in FINISHED:
+            runs.append(r)
+        else:
             print(f"left out {r.path}: {r.status} (see its error.txt)", file=sys.stderr)
     if not runs:
         print("no finished runs under " + ", ".join(map(str, args.sweeps)), file=sys.stderr)

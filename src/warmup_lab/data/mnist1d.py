@@ -28,6 +28,7 @@ import torch
 
 from warmup_lab.data.spec import DataSpec
 from warmup_lab.data.dataset import InMemoryData
+from warmup_lab.runs.runinfo import write_json
 
 log = logging.getLogger(__name__)
 SEQ_LENGTH = 40  # the package's final_seq_length: every signal has 40 samples
@@ -74,12 +75,13 @@ def generate(args: dict) -> dict[str, np.ndarray]:
             "x_test": d["x_test"].astype(np.float32), "y_test": d["y_test"].astype(np.int64)}
 
 
-def load_arrays(args: dict, cache_dir: str | Path | None) -> tuple[dict[str, np.ndarray], str]:
-    """The arrays for ``args``, from the cache when a file for their key is there (else generated
-    and written atomically: a temporary file, then a rename). Returns (arrays, where they came from)."""
+def load_arrays(args: dict, cache_dir: str | Path | None, key: str | None = None) -> tuple[dict[str, np.ndarray], str]:
+    """The arrays for ``args``, from the cache when a file for their key (:func:`cache_key`) is
+    there (else generated and written atomically: a temporary file, then a rename). Returns
+    (arrays, where they came from)."""
     if cache_dir is None:
         return generate(args), "generated (no cache)"
-    path = Path(cache_dir).expanduser() / "mnist1d" / f"{cache_key(args)}.npz"
+    path = Path(cache_dir).expanduser() / "mnist1d" / f"{key or cache_key(args)}.npz"
     if path.is_file():
         try:
             with np.load(path) as f:
@@ -94,7 +96,7 @@ def load_arrays(args: dict, cache_dir: str | Path | None) -> tuple[dict[str, np.
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
-        (path.parent / f"{path.stem}.json").write_text(json.dumps(args, indent=1) + "\n")
+        write_json(path.parent / f"{path.stem}.json", args)
     except OSError:  # a read-only cache directory only costs the regeneration next time
         return arrays, "generated (cache not writable)"
     return arrays, f"generated, cached at {path}"
@@ -111,14 +113,15 @@ def load_mnist1d(num_samples: int = 10000, seed: int = 42, train_split: float = 
     ``cache_dir`` (None: the user cache dir, :func:`default_cache_dir`) for the next run.
     """
     args = generation_args(num_samples, seed, train_split)
+    key = cache_key(args)
     where = None if not cache else (default_cache_dir() if cache_dir is None else cache_dir)
-    arrays, source = load_arrays(args, where)
+    arrays, source = load_arrays(args, where, key)
     log.info("data mnist1d (%d samples, seed %d): %s", num_samples, seed, source)
     x, xv = (torch.from_numpy(arrays[k]).unsqueeze(1) for k in ("x", "x_test"))
     y, yv = torch.from_numpy(arrays["y"]), torch.from_numpy(arrays["y_test"])
     return InMemoryData(name=name, spec=DataSpec("classification", (1, SEQ_LENGTH), NUM_CLASSES),
                         train_x=x, train_y=y, val_x=xv, val_y=yv,
-                        info={"num_train": len(y), "num_val": len(yv), "generator_key": cache_key(args)})
+                        info={"num_train": len(y), "num_val": len(yv), "generator_key": key})
 
 
 def split_sizes(num_samples: int, train_split: float) -> tuple[int, int]:

@@ -32,7 +32,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from warmup_lab.runs.runinfo import read_json, write_json, write_text as write_text_atomic
+from warmup_lab.runs.runinfo import now, read_json, write_json, write_text as write_text_atomic
 
 FINISHED = ("completed", "diverged")  # a run with this status is done: its record is final
 LOCK_FILE = ".lock"
@@ -93,8 +93,6 @@ class RunDir:
 
     def end_session(self, meta: dict, sessions: list, status: str, from_step: int, to_step: int | None) -> None:
         """Append this session (from its start to now) and write the final ``run_meta.json``."""
-        from warmup_lab.runs.runinfo import now
-
         end = now()
         sessions.append({"start_time": meta["start_time"], "end_time": end, "status": status, "from_step": from_step,
                          "to_step": to_step, "hostname": meta.get("hostname"), "device_name": meta.get("device_name")})
