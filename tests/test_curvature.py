@@ -160,7 +160,7 @@ def test_summary_counts_crossings_and_the_first_one():
 
 
 def test_the_probe_is_checked_and_not_fused():
-    from warmup_lab.engine.fused import fusable
+    from warmup_lab.sweeps.grouping import fusable
     from warmup_lab.runs.validate import ConfigError, validate
 
     with pytest.raises(ConfigError, match="curvature_interval=0"):

@@ -14,11 +14,13 @@ import pytest
 from conftest import FAST, ROOT, compose_cfg, read_scalars, run_cli, start_until
 from warmup_lab.analysis.arms import group_arms
 from warmup_lab.analysis.load import CURVE_TAGS, load_runs
-from warmup_lab.engine.fused import fused_groups
-from warmup_lab.runs.fused_runs import LoggedFusedTrainer, run_fused
+from warmup_lab.engine.trainer import Trainer
+from warmup_lab.runs.run import run_group as run_fused
+from warmup_lab.sweeps.grouping import fused_groups
 
 SWEEP = [*FAST, "model.width=8", "trainer.eval_interval=3", "trainer.log_interval=4",
-         "optimizer=sgd,rmsprop", "seed=0,1", "optimizer.lr=0.02,1e9"]  # 1e9: diverges (sgd)
+         "optimizer=sgd,radam", "seed=0,1", "optimizer.lr=0.02,1e9",   # 1e9: diverges
+         "trainer.metrics.curvature_interval=null,3"]  # the curvature probe: runs alone
 COMPARED = ("status", "diverged_step", "steps", "final_val_loss", "final_val_acc", "best_val_loss",
             "final_train_loss", "last_train_loss", "early_jitter", "early_max_grad_norm",
             "early_max_update_ratio", "train_loss_auc", "max_spike_ratio", "spike_count",
@@ -36,12 +38,12 @@ def test_a_fused_sweep_reads_like_a_basic_one(tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
     basic = {_key(r): r for r in load_runs([tmp_path / "basic"])}
     fused = {_key(r): r for r in load_runs([tmp_path / "fused"])}
-    assert len(basic) == 8 and basic.keys() == fused.keys()
+    assert len(basic) == 16 and basic.keys() == fused.keys()
     for key, b in basic.items():
         f = fused[key]
-        sgd = "optimizer=sgd" in key
-        # sgd jobs were trained as fused groups (seeds x lrs, K = 4); rmsprop ones alone
-        assert (f.metrics.get("fused", {}).get("k") == 4) == sgd, key
+        alone = "trainer.metrics.curvature_interval=3" in key
+        # the jobs without the probe trained as one group (optimizers x seeds x lrs, K = 8), the others alone
+        assert f.metrics.get("fused", {}).get("k") == (None if alone else 8), key
         for name in COMPARED:
             bv, fv = b.metrics.get(name), f.metrics.get(name)
             if isinstance(bv, float) and math.isfinite(bv):
@@ -91,10 +93,11 @@ def test_groups_follow_the_per_run_keys_and_max_runs():
     cfgs = [compose_cfg(*base, f"seed={s}") for s in range(5)]                     # 0-4 fuse
     cfgs.append(compose_cfg(*base, "trainer.batch_size=32"))                        # 5: other batch
     cfgs.append(compose_cfg(*base, "optimizer.lr=0.3", "scheduler=warmuplinear"))  # 6: per-run keys
-    cfgs.append(compose_cfg("model=transformer", "data=bytes"))                     # 7: not fusable
-    cfgs.append(compose_cfg(*base, "optimizer=rmsprop"))                            # 8: not fusable
-    assert fused_groups(cfgs, 3) == [[0, 1, 2], [3, 4, 6], [5], [7], [8]]
-    assert fused_groups(cfgs, 8) == [[0, 1, 2, 3, 4, 6], [5], [7], [8]]
+    cfgs.append(compose_cfg("model=transformer", "data=bytes"))                     # 7: another model
+    cfgs.append(compose_cfg(*base, "optimizer=rmsprop"))                            # 8: per-run optimizer
+    cfgs.append(compose_cfg(*base, "trainer.metrics.curvature_interval=5"))         # 9: runs alone
+    assert fused_groups(cfgs, 3) == [[0, 1, 2], [3, 4, 6], [5], [7], [8], [9]]
+    assert fused_groups(cfgs, 8) == [[0, 1, 2, 3, 4, 6, 8], [5], [7], [9]]
 
 
 def test_an_interrupted_fused_group_continues_exactly_and_logs_each_step_once(tmp_path, monkeypatch):
@@ -104,14 +107,14 @@ def test_an_interrupted_fused_group_continues_exactly_and_logs_each_step_once(tm
             for s, lr in ((0, 0.02), (1, 0.01))]
     whole = run_fused(cfgs, [tmp_path / "w0", tmp_path / "w1"])
     dirs = [tmp_path / "0", tmp_path / "1"]
-    original = LoggedFusedTrainer.train_step
+    original = Trainer.train_step
 
     def stop_after_step_3(self):
         original(self)
         if self.step == 3:
             self.stop_requested = True  # what the SIGTERM handler does
 
-    monkeypatch.setattr(LoggedFusedTrainer, "train_step", stop_after_step_3)
+    monkeypatch.setattr(Trainer, "train_step", stop_after_step_3)
     stopped = run_fused(cfgs, dirs)
     assert [m["status"] for m in stopped] == ["interrupted", "interrupted"]
     assert [p.name for p in (dirs[0] / "fused_checkpoints").glob("*.pt")] == ["step_000000003.pt"]
@@ -119,7 +122,7 @@ def test_an_interrupted_fused_group_continues_exactly_and_logs_each_step_once(tm
         on_disk = json.loads((d / "metrics.json").read_text())
         assert on_disk["status"] == "interrupted" and on_disk["steps"] == 3
         assert [s for s, _ in read_scalars(d)["train/loss"]] == [0, 1, 2]  # flushed before stopping
-    monkeypatch.setattr(LoggedFusedTrainer, "train_step", original)
+    monkeypatch.setattr(Trainer, "train_step", original)
     done = run_fused(cfgs, dirs)
     for k, d in enumerate(dirs):
         assert done[k]["status"] == "completed" and done[k]["resumed_from_step"] == 3
@@ -138,16 +141,16 @@ def test_another_group_of_the_same_dirs_starts_again(tmp_path, monkeypatch):
     (a new job joined the sweep) start from step 0, earlier events purged."""
     cfgs = [compose_cfg("model.width=8", f"seed={s}") for s in (0, 1, 2)]
     dirs = [tmp_path / str(i) for i in range(3)]
-    original = LoggedFusedTrainer.train_step
+    original = Trainer.train_step
 
     def stop_after_step_3(self):
         original(self)
         if self.step == 3:
             self.stop_requested = True
 
-    monkeypatch.setattr(LoggedFusedTrainer, "train_step", stop_after_step_3)
+    monkeypatch.setattr(Trainer, "train_step", stop_after_step_3)
     run_fused(cfgs[:2], dirs[:2])
-    monkeypatch.setattr(LoggedFusedTrainer, "train_step", original)
+    monkeypatch.setattr(Trainer, "train_step", original)
     done = run_fused(cfgs, dirs)
     assert [m["resumed_from_step"] for m in done] == [None, None, None]
     assert [s for s, _ in read_scalars(dirs[0])["train/loss"]] == list(range(6))

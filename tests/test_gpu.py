@@ -52,41 +52,39 @@ def test_step_loop_does_not_synchronise_except_at_the_flush(tmp_path, variant):
     steps_without_sync(trainer, log_interval - 1)  # a whole block short of the flush
     trainer.train_step()
     trainer.flush()  # the one synchronisation per block
-    assert trainer.result.status == "running" and trainer.result.last_train_loss is not None
+    assert trainer.runs[0].result.status == "running" and trainer.runs[0].result.last_train_loss is not None
 
 
-def test_fused_runs_do_not_synchronise(tmp_path):
-    from warmup_lab.engine.fused import FusedTrainer, build_fused
+def test_runs_of_a_group_do_not_synchronise(tmp_path):
+    from conftest import build_trainer
 
     root = write_tiny_cifar(tmp_path / "data", n_train_per_batch=64)
     cfgs = [compose_cfg("data=cifar10", f"data.root={root}", "model.width=8", "trainer.device=cuda",
-                        "trainer.batch_size=32", "trainer.max_steps=30", f"seed={s}",
-                        f"optimizer.lr={lr}") for s, lr in ((0, 0.1), (1, 0.05), (2, 0.2))]
-    model, opt, lrs, data, samplers, device = build_fused(cfgs, "cuda", channels_last=True)
-    trainer = FusedTrainer(model, opt, lrs, data, samplers, device=device, eval_interval=1000,
-                           log_interval=8, precision="bf16", channels_last=True, update_ratio=True,
-                           layer_interval=8)
+                        "trainer.batch_size=32", "trainer.max_steps=30", "trainer.log_interval=8",
+                        "trainer.metrics.layer_interval=8", "trainer.precision=bf16", "trainer.channels_last=true",
+                        f"seed={s}", f"optimizer.lr={lr}") for s, lr in ((0, 0.1), (1, 0.05), (2, 0.2))]
+    trainer = build_trainer(cfgs, tmp_path / "runs", device="cuda")
     for _ in range(8):
         trainer.train_step()
     trainer.flush()
     steps_without_sync(trainer, 7)
     trainer.flush()
-    assert all(len(losses) == 15 for losses in trainer.loss)
+    assert all(len(r.windows.history["loss"]) == 15 for r in trainer.runs)
 
 
-def test_fused_runs_equal_runs_alone_on_the_gpu(tmp_path, monkeypatch):
-    """The CPU test's check (tests/test_fused.py) on CUDA, looser: cuDNN picks other kernels for
+def test_runs_of_a_group_equal_runs_alone_on_the_gpu(tmp_path, monkeypatch):
+    """The CPU test's check (tests/test_groups.py) on CUDA, looser: cuDNN picks other kernels for
     grouped and dense convolutions (TF32 off, so both are fp32)."""
     from conftest import read_scalars
-    from warmup_lab.engine.fused import train_fused
-    from warmup_lab.runs.run import run
+    from warmup_lab.runs.run import run, run_group
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
     cfgs = [compose_cfg("model.width=8", "trainer.device=cuda", "trainer.max_steps=6", f"seed={s}",
                         f"optimizer.lr={lr}") for s, lr in ((0, 0.02), (1, 0.01))]
-    fused = train_fused(cfgs, "cuda")
+    run_group(cfgs, [tmp_path / f"g{k}" for k in range(2)])
     for k, cfg in enumerate(cfgs):
         run(cfg, tmp_path / str(k))
         loss = [v for _, v in read_scalars(tmp_path / str(k))["train/loss"]]
-        assert fused.loss[k] == pytest.approx(loss, rel=1e-3, abs=1e-4)
+        group = [v for _, v in read_scalars(tmp_path / f"g{k}")["train/loss"]]
+        assert group == pytest.approx(loss, rel=1e-3, abs=1e-4)

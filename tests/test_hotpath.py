@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import TINY_BYTES, TINY_TRANSFORMER, build_trainer, compose_cfg
+from conftest import TINY_BYTES, TINY_TRANSFORMER, build_trainer, compose_cfg, read_scalars
 
 HOST_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
               torch.ops.aten.masked_select.default, torch.ops.aten.equal.default,
@@ -41,9 +41,10 @@ class HostReads(TorchDispatchMode):
 
 
 def host_reads_in_steps(trainer, n: int, monkeypatch) -> list[tuple[str, str]]:
-    opt = trainer.optimizer
-    allowed = {id(s["step"]) for s in getattr(opt, "state", {}).values() if "step" in s}
-    allowed |= {id(g["lr"]) for g in getattr(opt, "param_groups", []) if torch.is_tensor(g["lr"])}
+    allowed = set()
+    for opt in trainer.optimizers:
+        allowed |= {id(s["step"]) for s in opt.state.values() if "step" in s}
+        allowed |= {id(g["lr"]) for g in opt.param_groups if torch.is_tensor(g["lr"])}
     mode = HostReads(allowed)
     for name in ("tolist", "numpy"):
         original = getattr(torch.Tensor, name)
@@ -91,27 +92,33 @@ def test_steps_between_flushes_read_nothing_from_the_device(tmp_path, monkeypatc
     assert not reads, f"{len(reads)} host reads in the step loop; first: {reads[0][0]}\n{reads[0][1]}"
     trainer.train_step()
     trainer.flush()  # the one read-back per block
-    assert len(trainer.tracker.history["loss"]) == 3 * log_interval  # every step reached the host
+    assert len(trainer.runs[0].windows.history["loss"]) == 3 * log_interval  # every step reached the host
 
 
-def test_fused_steps_read_nothing_from_the_device(monkeypatch):
-    """The fused trainer of ``launcher=fused`` (K runs as one model), update ratios and a layer
-    step (per-layer norms, Adam quantiles) inside the window."""
-    from warmup_lab.engine.fused import FusedTrainer, build_fused
-
-    cfgs = [compose_cfg("model.width=8", "trainer.max_steps=30", f"seed={s}", f"optimizer.lr={lr}",
-                        "optimizer=adamw") for s, lr in ((0, 1e-3), (1, 3e-3))]
-    model, opt, lrs, data, samplers, device = build_fused(cfgs, "cpu")
-    trainer = FusedTrainer(model, opt, lrs, data, samplers, device=device, eval_interval=1000,
-                           log_interval=8, update_ratio=True, layer_interval=8)
+@pytest.mark.parametrize("model", ["resnet", "transformer"])
+def test_steps_of_k_runs_read_nothing_from_the_device(tmp_path, monkeypatch, model):
+    """K = 2 runs through one Trainer (the grouped ResNet and the vmapped Transformer), update
+    ratios and a layer step (per-layer norms, Adam quantiles) inside the window; the runs differ
+    in seed, lr and optimizer."""
+    extra = (["model=transformer", "data=bytes", *TINY_TRANSFORMER, *TINY_BYTES] if model == "transformer"
+             else ["model.width=8"])
+    cfgs = [compose_cfg(*extra, "trainer.max_steps=30", "trainer.log_interval=8", "trainer.metrics.layer_interval=8",
+                        f"seed={s}", f"optimizer={o}", f"optimizer.lr={lr}")
+            for s, o, lr in ((0, "adamw", 1e-3), (1, "rmsprop", 3e-3))]
+    trainer = build_trainer(cfgs, tmp_path)
     for _ in range(8):
         trainer.train_step()
     trainer.flush()
     reads = host_reads_in_steps(trainer, 7, monkeypatch)
-    assert not reads, f"{len(reads)} host reads in the fused step; first: {reads[0][0]}\n{reads[0][1]}"
+    assert not reads, f"{len(reads)} host reads in the K-run step; first: {reads[0][0]}\n{reads[0][1]}"
+    trainer.train_step()
     trainer.flush()
-    assert all(len(r) == 15 and all(v > 0 for v in r) for r in trainer.update_ratio)
-    assert list(trainer.block_layer_stats) == [8] and not trainer.layer_queue
+    for r in trainer.runs:
+        assert len(r.windows.history["update_ratio"]) == 16 and all(v > 0 for v in r.windows.history["update_ratio"])
+    trainer.runs[1].writer.flush()
+    scalars = read_scalars(tmp_path / "1")
+    assert [s for s, _ in scalars["layer/grad_norm/" + next(n for n, p in trainer.runs[1].model.named_parameters()
+                                                              if p.ndim >= 2)]] == [0, 8]
 
 
 def test_the_check_sees_a_host_read(tmp_path, monkeypatch):
@@ -121,9 +128,9 @@ def test_the_check_sees_a_host_read(tmp_path, monkeypatch):
     trainer.train_step()
     original = trainer.buffer.put
 
-    def put_reading_loss(step, **scalars):
-        scalars["loss"].item()
-        original(step, **scalars)
+    def put_reading_loss(step, runs=None, **scalars):
+        scalars["loss"].sum().item()
+        original(step, runs, **scalars)
 
     trainer.buffer.put = put_reading_loss
     reads = host_reads_in_steps(trainer, 2, monkeypatch)

@@ -73,7 +73,7 @@ def test_what_defines_a_run_and_what_changes_its_numbers():
 def test_every_consumer_agrees_with_the_one_definition(tmp_path):
     from warmup_lab.analysis.arms import run_settings
     from warmup_lab.analysis.load import Run, flatten, is_ignored
-    from warmup_lab.engine.fused import fused_groups
+    from warmup_lab.sweeps.grouping import fused_groups
     from warmup_lab.runs.run import run
     from warmup_lab.sweeps.jobs import IGNORED_OVERRIDES, override_key
 

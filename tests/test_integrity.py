@@ -17,6 +17,7 @@ from conftest import ROOT, TINY_TRANSFORMER, compose_cfg, read_scalars, start_un
 from warmup_lab.runs import checkpoint
 from warmup_lab.runs.rundir import RunDirBusy, RunDirLock, disk_full
 from warmup_lab.runs.run import run
+from test_resume import signal_at
 
 LONG = ["trainer.progress=false", "trainer.max_steps=400", "trainer.eval_interval=100", "trainer.log_interval=10",
         "trainer.batch_size=16", "trainer.device=cpu", "trainer.threads=1", "scheduler.warmup_ratio=null",
@@ -154,14 +155,20 @@ def test_a_zeroed_block_inside_checkpoint_tensors_is_caught_and_the_previous_one
     assert state["step"] == 8 and ref["status"] == "completed"
 
 
-def test_a_format_1_checkpoint_without_checksum_still_loads(tmp_path):
+def test_a_checkpoint_of_an_earlier_format_is_refused_in_one_line_and_kept(tmp_path, monkeypatch):
+    """Format 2 (one run, before K runs shared the trainer): whole, so never moved aside as
+    corrupt; the run stops before training with a line that says what to do."""
     import torch
 
-    run(compose_cfg("trainer.max_steps=4", "trainer.checkpoint_interval=4"), tmp_path)
+    cfg = compose_cfg("trainer.max_steps=4", "trainer.checkpoint_interval=2")
+    signal_at(monkeypatch, 2)
+    run(cfg, tmp_path)
+    monkeypatch.undo()
     (path,) = checkpoint.checkpoint_files(tmp_path / "checkpoints")
-    state = checkpoint.load(path)
-    torch.save({**state, "format": 1}, path)  # as the previous version wrote it
-    assert checkpoint.load(path)["step"] == 4
+    torch.save({**checkpoint.load(path), "format": 2}, path)  # as the previous version wrote it (no checksum line)
+    with pytest.raises(checkpoint.CheckpointFormatError, match="has format 2 .* delete"):
+        run(cfg, tmp_path)
+    assert checkpoint.checkpoint_files(tmp_path / "checkpoints") == [path] and not list(path.parent.glob("*.corrupt"))
 
 
 def test_resume_with_another_thread_count_says_it_is_no_longer_bitwise(tmp_path, monkeypatch, capfd):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import compose_cfg, read_scalars
-from warmup_lab.metrics import jitter as J
+from warmup_lab.metrics import loss_windows as J
+from warmup_lab.metrics import optimizer_telemetry as T
 from warmup_lab.runs.run import run
 
 
@@ -43,7 +44,7 @@ def test_tracker_blocks_equal_the_whole_series(chunks):
     gives the values of the whole series."""
     x = torch.tensor(np.random.default_rng(0).uniform(0.5, 2.0, 41), dtype=torch.float32)
     cfg = J.MetricsConfig(jitter_window=6, spike_threshold=1.3)
-    tracker = J.JitterTracker([("w", torch.nn.Parameter(torch.ones(2, 2)))], None, cfg, 41)
+    tracker = J.LossWindows(cfg, 41, torch.device("cpu"))
     blocks = [tracker.block(c) for c in torch.split(x, chunks)]
     got = {k: torch.cat([b[k] for b in blocks]) for k in blocks[0]}
     ratio = J.spike_ratio(x)
@@ -70,7 +71,7 @@ def test_update_ratio_and_layer_stats_match_a_manual_step():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     named = list(model.named_parameters())
-    tracker = J.JitterTracker(named, opt, J.MetricsConfig(layer_interval=1), 10)
+    tracker = T.OptimizerTelemetry(named, opt, J.MetricsConfig(layer_interval=1))
     model(torch.randn(5, 4)).pow(2).sum().backward()
     before = [p.detach().clone() for _, p in named]
     grads = [p.grad.norm().item() for _, p in named]
@@ -97,8 +98,7 @@ def test_update_ratio_and_layer_stats_match_a_manual_step():
 def _tracked_steps(model, steps: int, layer_interval: int = 2):
     """Update ratios and per-layer update ratios of a few SGD steps on a small conv net."""
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    tracker = J.JitterTracker(list(model.named_parameters()), opt,
-                              J.MetricsConfig(layer_interval=layer_interval), steps)
+    tracker = T.OptimizerTelemetry(list(model.named_parameters()), opt, J.MetricsConfig(layer_interval=layer_interval))
     x = torch.randn(4, 2, 5, 5, generator=torch.Generator().manual_seed(1))
     ratios, expected = [], []
     for step in range(steps):
@@ -138,13 +138,12 @@ class _ToDouble(torch.nn.Module):
 
 
 def test_update_ratio_follows_replaced_parameter_storage():
-    """A parameter whose storage is replaced between blocks (``p.data = ...``) is snapshotted
-    from its new storage after the next flush, not from the stale view."""
+    """A parameter whose storage is replaced between steps (``p.data = ...``) is snapshotted
+    from its new storage at the next step, not from the stale view."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.Flatten(), torch.nn.Linear(27, 2))
     tracker, _, _ = _tracked_steps(model, 1)
     model[2].weight.data = model[2].weight.data.clone() * 2
-    tracker.block(torch.ones(1))  # the flush notices the new storage
     opt = tracker.optimizer
     x = torch.randn(4, 2, 5, 5)
     opt.zero_grad()
@@ -162,7 +161,7 @@ def test_update_ratio_follows_replaced_parameter_storage():
 def test_sorted_quantiles_equal_torch_quantile(n):
     x = torch.randn(n, generator=torch.Generator().manual_seed(n))
     qs = (0.0, 0.1, 0.5, 0.9, 0.37, 1.0)
-    got = torch.stack(J.sorted_quantiles(x, qs))
+    got = torch.stack(T.sorted_quantiles(x, qs))
     assert torch.allclose(got, torch.quantile(x, torch.tensor(qs)), rtol=1e-6, atol=1e-7)
 
 
@@ -171,7 +170,7 @@ def test_no_adam_state_no_adam_stats():
     opt = torch.optim.SGD([p], lr=0.1)
     p.grad = torch.ones(3, 3)
     opt.step()
-    assert J.effective_step_stats(opt) == {}
+    assert T.effective_step_stats(opt) == {}
 
 
 def test_stability_summary_on_a_known_series():
@@ -235,7 +234,7 @@ def test_no_host_sync_in_the_step_on_cuda(tmp_path):
     from warmup_lab.engine.optim import build_optimizer
     from warmup_lab.schedules import build_schedule
     from warmup_lab.runs.tb import RunWriter
-    from warmup_lab.engine.trainer import Trainer
+    from warmup_lab.engine.trainer import RunParts, Trainer
 
     cfg = compose_cfg("optimizer=adamw", "trainer.device=cuda")
     dev = torch.device("cuda")
@@ -244,7 +243,7 @@ def test_no_host_sync_in_the_step_on_cuda(tmp_path):
     opt = build_optimizer(cfg.optimizer, model)
     sched = build_schedule(cfg.scheduler, total_steps=20, optimizer_cfg=cfg.optimizer)
     writer = RunWriter(tmp_path)
-    tr = Trainer(model, opt, sched, data, writer, total_steps=20, batch_size=16, seed=0, device=dev,
+    tr = Trainer([RunParts(model, opt, sched, writer, 0)], data, total_steps=20, batch_size=16, device=dev,
                  eval_interval=20, log_interval=10, progress=False, metrics={"layer_interval": 3})
     tr.train_step()  # the first step allocates the parameter copy and optimizer state
     torch.cuda.synchronize()

@@ -144,7 +144,7 @@ def test_logged_lr_is_the_lr_the_optimizer_used_per_group(tmp_path):
     from warmup_lab.models import cifar_resnet
     from warmup_lab.schedules import build_schedule
     from warmup_lab.runs.tb import RunWriter
-    from warmup_lab.engine.trainer import Trainer
+    from warmup_lab.engine.trainer import RunParts, Trainer
 
     data = load_digits()
     model = cifar_resnet(spec=data.spec, depth=8, width=4)
@@ -163,7 +163,7 @@ def test_logged_lr_is_the_lr_the_optimizer_used_per_group(tmp_path):
     cfg = compose_cfg("scheduler=warmuplinear", "scheduler.warmup_steps=4")
     schedule = build_schedule(cfg.scheduler, total_steps=12, optimizer_cfg=cfg.optimizer)
     writer = RunWriter(tmp_path)
-    Trainer(model, optimizer, schedule, data, writer, total_steps=12, batch_size=16, seed=0,
+    Trainer([RunParts(model, optimizer, schedule, writer, 0)], data, total_steps=12, batch_size=16,
             device=torch.device("cpu"), eval_interval=100, log_interval=5, progress=False).fit()
     writer.close()
     scalars = read_scalars(tmp_path)

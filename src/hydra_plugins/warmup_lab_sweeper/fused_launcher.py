@@ -1,13 +1,14 @@
 """``hydra/launcher: fused`` (``launcher=fused``) -- many runs per device: the jobs of a sweep that
-differ only in seed, ``optimizer.lr``, ``optimizer.weight_decay`` and ``scheduler.*`` are trained
-together, up to ``max_runs`` at a time, as one horizontally fused model
-(:mod:`warmup_lab.engine.fused`), and each job's directory is written as if it had run alone
-(:mod:`warmup_lab.runs.fused_runs`), so the sweep's analysis reads them like any other runs.
+differ only in their seed, optimizer and schedule (:mod:`warmup_lab.sweeps.grouping`) train
+together, up to ``max_runs`` at a time, through one Trainer
+(:func:`warmup_lab.runs.run.run_group`, the entry a run alone goes through with K = 1), and
+each job's directory is written as if it had run alone, so the sweep's analysis reads them like
+any other runs.
 
 Every job gets Hydra's own job set-up (its directory, ``.hydra/``, the job log). Jobs that cannot
-be fused (another model, data or optimizer, an invalid config, a directory that holds a
-checkpoint of a run alone to continue) and groups of one run one after another through the task
-function, as with ``launcher=basic``. A fused group that raises is recorded as failed for each of
+share a group (an invalid config, the curvature probe, a directory that holds a checkpoint of a
+run alone to continue) and groups of one run one after another through the task function, as
+with ``launcher=basic``. A fused group that raises is recorded as failed for each of
 its jobs and the sweep goes on. SIGTERM/SIGINT end the current group after its current step with
 a checkpoint (running runs ``interrupted``, logs flushed) and stop the sweep, as the basic
 launcher does; resumed (``trainer.resume=true``), the same group continues from it.
@@ -49,7 +50,7 @@ def _collect(task_cfg: DictConfig) -> dict:
 
 def _alone_reason(cfg: DictConfig, run_dir: Path) -> Optional[str]:
     from warmup_lab.runs.checkpoint import FOLDER
-    from warmup_lab.engine.fused import fusable
+    from warmup_lab.sweeps.grouping import fusable
     from warmup_lab.runs.validate import ConfigError, validate
 
     try:
@@ -88,7 +89,7 @@ class FusedLauncher(Launcher):
         return ret
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from warmup_lab.engine.fused import fused_groups
+        from warmup_lab.sweeps.grouping import fused_groups
 
         setup_globals()
         assert self.hydra_context is not None and self.config is not None and self.task_function is not None
@@ -127,13 +128,13 @@ class FusedLauncher(Launcher):
 
     def _run_group(self, group: List[int], setups: List[JobReturn], initial_job_idx: int) -> None:
         """Train ``group`` fused; fills each job's JobReturn (metrics, or the error)."""
-        from warmup_lab.runs.fused_runs import run_fused
+        from warmup_lab.runs.run import run_group
 
         cfgs = [setups[i].return_value["cfg"] for i in group]
         dirs = [setups[i].return_value["run_dir"] for i in group]
         log.info(f"jobs {', '.join(f'#{initial_job_idx + i}' for i in group)}: {len(group)} runs fused")
         try:
-            metrics = run_fused(cfgs, dirs)
+            metrics = run_group(cfgs, dirs, in_sweep=True)
         except Exception as err:  # recorded per job by the sweeper (error.txt, status failed)
             log.error(f"fused group failed: {type(err).__name__}: {err}")
             for i in group:

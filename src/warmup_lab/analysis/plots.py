@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from warmup_lab.analysis.arms import Arm, run_loss  # noqa: E402
-from warmup_lab.metrics.jitter import rolling_mean  # noqa: E402
+from warmup_lab.metrics.loss_windows import rolling_mean  # noqa: E402
 
 MAX_LINES = 8
 # Okabe & Ito's palette, readable with the common colour-vision deficiencies, used for every

@@ -7,9 +7,9 @@ written to a temporary name and renamed into place, so a reader sees a whole che
 none; the newest :data:`KEEP` are kept. A truncated or corrupt newest file is moved aside
 (``*.corrupt``) with a warning and the previous one is used.
 
-The state itself comes from :meth:`warmup_lab.engine.trainer.Trainer.state_dict`; this module adds
-the RNG helpers; the ``config`` it stores is the run's identity (:func:`warmup_lab.runs.identity.run_identity`),
-which a resumed run must match.
+The state itself comes from :meth:`warmup_lab.engine.trainer.Trainer.state_dict` (K runs: a run alone
+is K = 1); this module adds the RNG helpers; the ``config`` it stores is the list of the runs'
+identities (:func:`warmup_lab.runs.identity.run_identity`), which a resumed run must match.
 """
 
 from __future__ import annotations
@@ -28,17 +28,20 @@ import torch
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2            # 2: a header line with the SHA-256 of the torch.save payload that follows
-READS = (1, 2)
+FORMAT = 3            # 2: a header line with the SHA-256 of the payload; 3: K runs (``runs``, one stacked ``model``)
+READS = (3,)
 HEADER = b"warmup-lab checkpoint sha256="
 KEEP = 2
 FOLDER = "checkpoints"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
-REQUIRED = ("format", "step", "purge_step", "model", "optimizer", "lr_adapter", "sampler", "rng",
-            "result", "config")
+REQUIRED = ("format", "step", "purge_step", "model", "runs", "buffer", "rng", "config")
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or one written by a different config; the message says what to do."""
+
+
+class CheckpointFormatError(CheckpointError):
+    """A whole checkpoint of a format this code does not read (an earlier version wrote it)."""
 
 
 # -- RNG states as tensors and plain types ---------------------------------------------------------
@@ -114,7 +117,7 @@ def save(folder: str | Path, state: dict, keep: int = KEEP) -> Path:
 def load(path: str | Path) -> dict:
     """Read one checkpoint safely (``weights_only``) on the CPU and check it is complete and
     that its bytes match the SHA-256 written with it (a flipped or zeroed byte anywhere, even
-    inside tensor data that would load, is caught). Files of format 1 (no checksum) still load."""
+    inside tensor data that would load, is caught). Files of another format raise :class:`CheckpointFormatError`."""
     raw = Path(path).read_bytes()
     if raw.startswith(HEADER):
         end = raw.index(b"\n", len(HEADER))
@@ -126,11 +129,13 @@ def load(path: str | Path) -> dict:
         state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a checkpoint dict")
+    if state.get("format") not in READS:
+        raise CheckpointFormatError(
+            f"{path} has format {state.get('format')} (an earlier warmup-lab wrote it); this version reads "
+            f"{', '.join(map(str, READS))}: delete {Path(path).parent} to start this run again from step 0")
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
-    if state["format"] not in READS:
-        raise CheckpointError(f"{path} has format {state['format']}, this code reads {', '.join(map(str, READS))}")
     return state
 
 
@@ -145,6 +150,8 @@ def load_latest(folder: str | Path) -> tuple[dict, Path] | None:
     for path in checkpoint_files(folder):
         try:
             return load(path), path
+        except CheckpointFormatError:
+            raise  # whole, only older: never moved aside
         except Exception as err:  # noqa: BLE001 - any failure to read means: use the previous one
             reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             aside = path.with_name(path.name + ".corrupt")

@@ -39,7 +39,7 @@ STUDY_DESIGN = ("study.claim", "study.max_seeds", "study.round_seeds", "study.bu
                 "study.spending", "study.margin", "study.metric")
 RECORDING = ("task_name", "trainer.log_interval", "trainer.metrics")
 SEEDS = ("seed", "trainer.seed")
-PER_RUN = ("seed", "trainer.seed", "optimizer.lr", "optimizer.weight_decay", "scheduler")
+PER_RUN = ("seed", "trainer.seed", "optimizer", "scheduler")
 
 #: keys of a resolved config outside a run's identity
 NOT_IDENTITY = BOOKKEEPING + SPEED + STUDY

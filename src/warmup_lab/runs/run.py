@@ -1,7 +1,9 @@
-"""One training run from a composed config: validate, build, train, record."""
+"""Runs from composed configs: validate, build, train, record. ``run`` is one run; ``run_group``
+trains K runs together (``launcher=fused``) and records each as if it had run alone."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -16,21 +18,25 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from warmup_lab.runs.checkpoint import FOLDER as CHECKPOINTS, CheckpointError, load_latest
-from warmup_lab.runs.identity import digest as identity_digest, identity_diff, run_identity
-from warmup_lab.runs.checkpoint import save as save_checkpoint
 from warmup_lab.engine import fastpath
 from warmup_lab.engine.optim import build_optimizer
-from warmup_lab.runs.rundir import (DiskFull, DiskReserve, RunDir, RunDirLock, disk_full, disk_full_text, remove_orphan_temp_files,
-                     set_aside_dead_session)
-from warmup_lab.runs.runinfo import now, run_metadata
+from warmup_lab.engine.trainer import RunParts, Trainer
+from warmup_lab.runs.checkpoint import FOLDER as CHECKPOINTS, CheckpointError, load_latest
+from warmup_lab.runs.checkpoint import save as save_checkpoint
+from warmup_lab.runs.identity import digest as identity_digest, identity_diff, run_identity
+from warmup_lab.runs.rundir import (DiskFull, DiskReserve, RunDir, RunDirLock, disk_full, disk_full_text,
+                                    remove_orphan_temp_files, set_aside_dead_session)
+from warmup_lab.runs.runinfo import now, read_json, run_metadata, write_json
 from warmup_lab.runs.signals import GracefulStop
-from warmup_lab.sweeps.jobs import FINISHED
 from warmup_lab.runs.tb import RunWriter, flat_hparams
-from warmup_lab.engine.trainer import Trainer
 from warmup_lab.runs.validate import ConfigError, check_schedule, validate
+from warmup_lab.sweeps.grouping import check_fusable
+from warmup_lab.sweeps.jobs import FINISHED
 
 log = logging.getLogger(__name__)
+
+GROUP_FILE = "fused_group.json"          # in every run dir of a group of K > 1: the group and its checkpoints
+GROUP_CHECKPOINTS = "fused_checkpoints"  # in the group's first run dir
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,154 +74,252 @@ def total_steps(cfg: DictConfig, steps_per_epoch: int) -> int:
 
 def run(cfg: DictConfig, run_dir: str | Path, in_sweep: bool = False) -> dict:
     """Train once and write ``metrics.json``, ``run_meta.json`` and TensorBoard events into
-    ``run_dir``. Returns the metrics. A bad config raises ``ConfigError`` before anything is
-    built; a NaN/inf loss ends the run with ``status: diverged`` (not an exception).
-
-    Checkpoints go to ``run_dir/checkpoints`` (docs/sweeps.md). A ``run_dir`` that holds one
-    continues from it (the config must match); one that holds a finished run returns its
-    metrics without training. SIGTERM/SIGINT end the run after the current step with a
-    checkpoint and ``status: interrupted`` (``interrupted_by`` names the signal). ``in_sweep``:
-    a job of a sweep, whose HParams experiment the sweep writes once at its root."""
-    validate(cfg)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with RunDirLock(run_dir):  # one writer per run directory (RunDirBusy names the other one)
-        return _run_locked(cfg, run_dir, in_sweep)
+    ``run_dir``; returns the metrics. :func:`run_group` with K = 1 (see there)."""
+    return run_group([cfg], [run_dir], in_sweep)[0]
 
 
-def _run_locked(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> dict:
-    remove_orphan_temp_files(run_dir)  # left by a writer that was killed mid-write
-    identity = run_identity(cfg)
-    digest = identity_digest(identity)
-    records = RunDir(run_dir)
-    done = records.metrics()
-    if done and done.get("status") in FINISHED:
-        if done.get("config_digest") not in (None, digest):
-            raise CheckpointError(f"{run_dir} holds a finished run of a different config: start "
-                                  f"this one in a new directory")
-        log.info("%s already finished (%s): nothing to do; delete it to run again", run_dir, done["status"])
-        return done
-    ckpt_dir = run_dir / CHECKPOINTS
-    loaded = load_latest(ckpt_dir)  # CheckpointError when checkpoints exist but none is readable
-    state = loaded[0] if loaded else None
-    if state is not None and state["config"] != identity:
-        raise CheckpointError(
-            f"{loaded[1]} was written by a different config ({'; '.join(identity_diff(state['config'], identity))}): "
-            f"continue it with its own overrides, or start this config in a new directory")
-    resumed_from = int(state["step"]) if state is not None else None
-    prior_wall = float(state.get("wall_time_s", 0.0)) if state is not None else 0.0
-    earlier_meta = records.meta() or {}
-    restart = None
-    if state is None:  # from step 0: an earlier session's curves must not stay in the directory
-        stale = set_aside_dead_session(run_dir)
-        if stale is not None:
-            ended = earlier_meta.get("status") or "unknown"
-            restart = {"time": now(), "moved_to": str(stale.relative_to(run_dir)),
-                       "reason": f"no checkpoint to continue from: the earlier session (status {ended}) ended "
-                                 f"before its first checkpoint, or its checkpoints were removed"}
-            print(f"warning: restarting {run_dir} from step 0: {restart['reason']}; its events and error.txt "
-                  f"are in {restart['moved_to']}/", file=sys.stderr, flush=True)
-    tr = cfg.trainer
-    device = setup_process(tr)
-    if state is not None and state.get("threads") not in (None, torch.get_num_threads()):
-        print(f"warning: resuming {run_dir} with trainer.threads={torch.get_num_threads()} where its checkpoint "
-              f"was written with {state['threads']}: CPU results from step {resumed_from} on are not bitwise "
-              f"identical to an uninterrupted run", file=sys.stderr, flush=True)
-    seed_everything(cfg.seed)
-    meta, sessions = records.start_session(
-        {**run_metadata(device, cfg.seed), "config_digest": digest, "status": "running",
-         "resumed_from_step": resumed_from}, continuing=state is not None, restart=restart)
-    metrics = {"status": "failed", "diverged_step": None}
-    started = time.perf_counter()
-    writer = trainer = None
-    stop = GracefulStop().__enter__()  # SIGTERM/SIGINT: stop after the step (signals.py)
+def run_group(cfgs: list[DictConfig], run_dirs: list[str | Path], in_sweep: bool = False) -> list[dict]:
+    """Train the runs of ``cfgs`` together (one Trainer, K = len(cfgs)) and record run ``k`` in
+    ``run_dirs[k]`` exactly as a run alone is recorded; returns their metrics.
 
-    def checkpoint_fn(state: dict):
-        state.update(config=identity, wall_time_s=prior_wall + time.perf_counter() - started,
-                     threads=torch.get_num_threads())
-        return save_checkpoint(ckpt_dir, state)
+    A bad config raises ``ConfigError`` (configs that may not share a group ``ValueError``) before
+    anything is built; a NaN/inf loss ends that run with ``status: diverged`` (not an exception).
+    A directory holding a finished run returns its metrics without training (a different config
+    there raises ``CheckpointError``). Checkpoints go to ``run_dir/checkpoints`` (K = 1) or the
+    first run dir's ``fused_checkpoints`` (K > 1); the same runs continue from the newest, a K = 1
+    run refuses one of another config, and another group of those directories starts again from
+    step 0. SIGTERM/SIGINT end the runs after the current step with a checkpoint and ``status:
+    interrupted`` (``interrupted_by`` names the signal). ``in_sweep``: jobs of a sweep, whose
+    HParams experiment the sweep writes once at its root."""
+    for cfg in cfgs:
+        validate(cfg)
+    if len(cfgs) > 1:
+        check_fusable(cfgs)
+    dirs = [Path(d) for d in run_dirs]
+    with contextlib.ExitStack() as locks:  # one writer per run directory (RunDirBusy names the other one)
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(RunDirLock(d))
+            remove_orphan_temp_files(d)  # left by a writer that was killed mid-write
+        done = _finished(cfgs, dirs)
+        todo = [i for i in range(len(cfgs)) if i not in done]
+        if todo:
+            trained = GroupSession([cfgs[i] for i in todo], [dirs[i] for i in todo], in_sweep).run()
+            done.update(zip(todo, trained))
+        return [done[i] for i in range(len(cfgs))]
 
-    reserve = DiskReserve(run_dir).__enter__()  # room to record a failure on a full disk
 
-    try:
-        data = instantiate(cfg.data).to(device)
-        sampler_steps = data.sampler(tr.batch_size, cfg.seed).steps_per_epoch
-        steps = total_steps(cfg, sampler_steps)
-        schedule = check_schedule(cfg, steps)
-        model = instantiate(cfg.model, _partial_=True)(spec=data.spec).to(device)
-        optimizer = build_optimizer(cfg.optimizer, model)
-        fastpath.apply(model, optimizer, tr, device, is_image=len(data.spec.input_shape) == 3)
-        writer = RunWriter(run_dir, purge_step=state["purge_step"] if state is not None else None)
-        extra = {"trainer.device": str(device),  # the device the run used, not "auto"
-                 "resolved.total_steps": steps, "resolved.steps_per_epoch": sampler_steps,
-                 "resolved.params": sum(p.numel() for p in model.parameters()),
-                 **{f"resolved.{k}": v for k, v in schedule.info().items()}}
-        writer.start_hparams(flat_hparams(cfg, extra), experiment=not in_sweep)
-        log.info("run %s: model %s (%d parameters), data %s, optimizer %s (peak lr %g), scheduler %s "
-                 "(warmup %d of %d steps), batch %d, seed %d, device %s, %d thread(s)%s", run_dir,
-                 cfg.model.get("name"), extra["resolved.params"], cfg.data.get("name"), cfg.optimizer.get("name"),
-                 float(cfg.optimizer.lr), cfg.scheduler.get("name"), schedule.warmup_steps, steps, tr.batch_size,
-                 cfg.seed, device, torch.get_num_threads(),
-                 f", resuming from step {resumed_from}" if resumed_from is not None else "")
-        trainer = Trainer(model, optimizer, schedule, data, writer, total_steps=steps,
-                          batch_size=tr.batch_size, seed=cfg.seed, device=device,
-                          eval_interval=tr.eval_interval, log_interval=tr.log_interval,
-                          grad_clip=tr.grad_clip, precision=tr.precision, progress=tr.progress,
-                          metrics=OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None,
-                          checkpoint_interval=tr.get("checkpoint_interval"), checkpoint_fn=checkpoint_fn)
-        stop.attach(trainer)
+def _finished(cfgs: list[DictConfig], dirs: list[Path]) -> dict[int, dict]:
+    """The runs whose directories already hold a finished record of their config."""
+    out = {}
+    for i, (cfg, d) in enumerate(zip(cfgs, dirs)):
+        record = RunDir(d).metrics()
+        if record and record.get("status") in FINISHED:
+            if record.get("config_digest") not in (None, identity_digest(run_identity(cfg))):
+                raise CheckpointError(f"{d} holds a finished run of a different config: start this one in a new directory")
+            log.info("%s already finished (%s): nothing to do; delete it to run again", d, record["status"])
+            out[i] = record
+    return out
+
+
+class GroupSession:
+    """One session of K runs (K = 1: a run alone), from composed configs to their records."""
+
+    def __init__(self, cfgs: list[DictConfig], dirs: list[Path], in_sweep: bool):
+        self.cfgs, self.dirs, self.k, self.in_sweep = cfgs, dirs, len(cfgs), in_sweep
+        self.tr = cfgs[0].trainer
+        self.identities = [run_identity(cfg) for cfg in cfgs]
+        self.digests = [identity_digest(i) for i in self.identities]
+        self.records = [RunDir(d) for d in dirs]
+        self.group = {"k": self.k, "runs": [str(d) for d in dirs]} if self.k > 1 else None
+        self.ckpt_dir = dirs[0] / (CHECKPOINTS if self.k == 1 else GROUP_CHECKPOINTS)
+        self.trainer: Trainer | None = None
+        self.writers: list[RunWriter] = []
+
+    def run(self) -> list[dict]:
+        state = self.checkpoint_to_continue()
+        self.resumed_from = int(state["step"]) if state is not None else None
+        self.prior_wall = float(state.get("wall_time_s", 0.0)) if state is not None else 0.0
+        restarts = [None] * self.k if state is not None else [self.set_aside(i) for i in range(self.k)]
+        device = setup_process(self.tr)
+        if state is not None and state.get("threads") not in (None, torch.get_num_threads()):
+            print(f"warning: resuming {self.dirs[0]} with trainer.threads={torch.get_num_threads()} where its "
+                  f"checkpoint was written with {state['threads']}: CPU results from step {self.resumed_from} on "
+                  f"are not bitwise identical to an uninterrupted run", file=sys.stderr, flush=True)
+        seed_everything(int(self.cfgs[0].seed))
+        sessions = [rec.start_session(self.meta(device, i), continuing=state is not None, restart=restarts[i])
+                    for i, rec in enumerate(self.records)]
+        metrics = [{"status": "failed", "diverged_step": None} for _ in self.cfgs]
+        self.started = time.perf_counter()
+        stop = GracefulStop().__enter__()  # SIGTERM/SIGINT: stop after the step (signals.py)
+        reserve = DiskReserve(self.dirs[0]).__enter__()  # room to record a failure on a full disk
+        try:
+            self.build(device, state, stop)
+            state = None  # free the checkpoint's tensors
+            self.trainer.fit()
+            metrics = [self.metrics_of(r, stop) for r in self.trainer.runs]
+        except ConfigError:
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint stays the one to resume from
+            for m in metrics:
+                m.update(status="interrupted", interrupted_by="SIGINT")
+            raise
+        except Exception as err:
+            self.record_error(err, metrics, reserve)
+        finally:
+            stop.restore()
+            reserve.free()
+            self.record(metrics, sessions)
+        if any(m["status"] == "interrupted" for m in metrics):
+            stop.hand_over()  # under submitit: its handler requeues the job and exits the process
+        return metrics
+
+    # -- continuing ------------------------------------------------------------------------------
+    def checkpoint_to_continue(self) -> dict | None:
+        """The newest checkpoint of exactly these runs, or None (start from step 0)."""
+        if self.k == 1:
+            loaded = load_latest(self.ckpt_dir)  # CheckpointError when checkpoints exist but none is readable
+            if loaded is not None and loaded[0]["config"] != self.identities:
+                old = loaded[0]["config"][0] if isinstance(loaded[0]["config"], list) else str(loaded[0]["config"])
+                raise CheckpointError(
+                    f"{loaded[1]} was written by a different config ({'; '.join(identity_diff(old, self.identities[0]))}): "
+                    f"continue it with its own overrides, or start this config in a new directory")
+            return loaded[0] if loaded else None
+        if any((read_json(d / GROUP_FILE) or {}).get("runs") != self.group["runs"] for d in self.dirs):
+            return None
+        try:
+            loaded = load_latest(self.ckpt_dir)
+        except CheckpointError as err:
+            log.warning("group checkpoint unusable (%s): starting the group again", err)
+            return None
+        return loaded[0] if loaded is not None and loaded[0].get("config") == self.identities else None
+
+    def set_aside(self, i: int) -> dict | None:
+        """From step 0: an earlier session's curves leave run ``i``'s directory; the restart record."""
+        d = self.dirs[i]
+        stale = set_aside_dead_session(d)
+        if stale is None:
+            return None
+        ended = (self.records[i].meta() or {}).get("status") or "unknown"
+        restart = {"time": now(), "moved_to": str(stale.relative_to(d)),
+                   "reason": f"no checkpoint to continue from: the earlier session (status {ended}) ended "
+                             f"before its first checkpoint, or its checkpoints were removed"}
+        print(f"warning: restarting {d} from step 0: {restart['reason']}; its events and error.txt "
+              f"are in {restart['moved_to']}/", file=sys.stderr, flush=True)
+        return restart
+
+    def meta(self, device: torch.device, i: int) -> dict:
+        meta = {**run_metadata(device, int(self.cfgs[i].seed)), "config_digest": self.digests[i],
+                "status": "running", "resumed_from_step": self.resumed_from}
+        if self.group is not None:
+            meta["fused"] = {**self.group, "index": i}
+            write_json(self.dirs[i] / GROUP_FILE, {**self.group, "index": i, "checkpoints": str(self.ckpt_dir)})
+        return meta
+
+    def checkpoint_fn(self, state: dict):
+        state.update(config=self.identities, threads=torch.get_num_threads(),
+                     wall_time_s=self.prior_wall + time.perf_counter() - self.started)
+        return save_checkpoint(self.ckpt_dir, state)
+
+    # -- building ----------------------------------------------------------------------------------
+    def build(self, device: torch.device, state: dict | None, stop: GracefulStop) -> None:
+        """Data once; per run its model (from its seed), optimizer, schedule and writer; the Trainer."""
+        tr, base = self.tr, self.cfgs[0]
+        self.data = data = instantiate(base.data).to(device)
+        steps_per_epoch = data.sampler(tr.batch_size, int(base.seed)).steps_per_epoch
+        self.steps = steps = total_steps(base, steps_per_epoch)
+        purge = int(state["purge_step"]) if state is not None else None
+        parts = []
+        for cfg, d in zip(self.cfgs, self.dirs):
+            schedule = check_schedule(cfg, steps)
+            torch.manual_seed(int(cfg.seed))
+            model = instantiate(cfg.model, _partial_=True)(spec=data.spec).to(device)
+            optimizer = build_optimizer(cfg.optimizer, model)
+            if self.k == 1:
+                fastpath.apply(model, optimizer, tr, device, is_image=len(data.spec.input_shape) == 3)
+            self.writers.append(writer := RunWriter(d, purge_step=purge))
+            extra = {"trainer.device": str(device),  # the device the run used, not "auto"
+                     "resolved.total_steps": steps, "resolved.steps_per_epoch": steps_per_epoch,
+                     "resolved.params": sum(p.numel() for p in model.parameters()),
+                     **{f"resolved.{k}": v for k, v in schedule.info().items()}}
+            writer.start_hparams(flat_hparams(cfg, extra), experiment=not self.in_sweep)
+            self.log_start(cfg, d, extra, schedule, steps, device)
+            parts.append(RunParts(model, optimizer, schedule, writer, int(cfg.seed)))
+        self.trainer = Trainer(
+            parts, data, total_steps=steps, batch_size=tr.batch_size, device=device,
+            eval_interval=tr.eval_interval, log_interval=tr.log_interval, grad_clip=tr.grad_clip,
+            precision=tr.precision, progress=tr.progress,
+            metrics=OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None,
+            checkpoint_interval=tr.get("checkpoint_interval"), checkpoint_fn=self.checkpoint_fn,
+            channels_last=bool(tr.get("channels_last")), compile=bool(fastpath.compile_mode(tr.get("compile"))))
+        stop.attach(self.trainer)
         if state is not None:
-            trainer.load_state_dict(state)
-            trainer.relog_val(int(state["purge_step"]))
-            log.info("resumed from step %d (%s)", resumed_from, loaded[1].name)
-            state = loaded = None  # free the checkpoint's tensors
-        result = trainer.fit()
+            self.trainer.load_state_dict(state)
+            self.trainer.relog_val(purge)
+            log.info("resumed from step %d (%s)", self.resumed_from, self.ckpt_dir)
+
+    def log_start(self, cfg, d, extra, schedule, steps, device) -> None:
+        log.info("run %s: model %s (%d parameters), data %s, optimizer %s (peak lr %g), scheduler %s "
+                 "(warmup %d of %d steps), batch %d, seed %d, device %s, %d thread(s)%s%s", d,
+                 cfg.model.get("name"), extra["resolved.params"], cfg.data.get("name"), cfg.optimizer.get("name"),
+                 float(cfg.optimizer.lr), cfg.scheduler.get("name"), schedule.warmup_steps, steps,
+                 cfg.trainer.batch_size, cfg.seed, device, torch.get_num_threads(),
+                 f", one of {self.k} runs trained together" if self.k > 1 else "",
+                 f", resuming from step {self.resumed_from}" if self.resumed_from is not None else "")
+
+    # -- recording ---------------------------------------------------------------------------------
+    def metrics_of(self, r, stop: GracefulStop) -> dict:
+        """Run ``r``'s ``metrics.json`` (the result, its stability summary, what it trained)."""
+        result, cfg = r.result, self.cfgs[r.index]
         if result.status == "diverged":
-            log.warning("diverged: non-finite training loss at step %d", result.diverged_step)
+            log.warning("%s diverged: non-finite training loss at step %d", self.dirs[r.index], result.diverged_step)
             result.final_val_loss = result.final_val_acc = None
-        metrics = {k: v for k, v in vars(result).items() if k != "history"}
-        metrics.update(trainer.stability_summary())  # jitter/stability numbers (docs/metrics.md)
-        metrics.update(total_steps=steps, warmup_steps=schedule.warmup_steps,
-                       peak_lr=float(cfg.optimizer.lr), data=data.info, val_history=result.history["val"])
-        metrics.update(config_digest=digest, resumed_from_step=resumed_from)
+        m = {k: v for k, v in vars(result).items() if k != "history"}
+        m.update(self.trainer.stability_summary(r))  # jitter/stability numbers (docs/metrics.md)
+        m.update(total_steps=self.steps, warmup_steps=r.schedule.warmup_steps, peak_lr=float(cfg.optimizer.lr),
+                 data=self.data.info, val_history=result.history["val"], config_digest=self.digests[r.index],
+                 resumed_from_step=self.resumed_from)
+        if self.group is not None:
+            m["fused"] = {**self.group, "index": r.index}
         log.info("%s after %d steps: final train loss %s, val loss %s, val acc %s", result.status, result.steps,
                  _g(result.final_train_loss), _g(result.final_val_loss), _g(result.final_val_acc))
         if result.status == "interrupted":  # no final hparam values yet: the run goes on later
-            metrics["interrupted_by"] = stop.signal_name
-            log.warning("interrupted at step %d by %s; checkpoint in %s", result.steps,
-                        stop.signal_name, ckpt_dir)
+            m["interrupted_by"] = stop.signal_name
+            log.warning("interrupted at step %d by %s; checkpoint in %s", result.steps, stop.signal_name, self.ckpt_dir)
         else:
-            writer.end_hparams({**metrics, "diverged": float(result.status == "diverged")}, result.steps)
-    except ConfigError:
-        raise
-    except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint stays the one to resume from
-        metrics.update(status="interrupted", interrupted_by="SIGINT")
-        raise
-    except Exception as err:
+            r.writer.end_hparams({**m, "diverged": float(result.status == "diverged")}, result.steps)
+        return m
+
+    def record_error(self, err: Exception, metrics: list[dict], reserve: DiskReserve) -> None:
+        """``error.txt`` and the error in every run's metrics; re-raises (a full disk as ``DiskFull``)."""
         full = disk_full(err)
         if full:
             reserve.free()
-            if writer is not None:
+            for writer in self.writers:
                 writer.abandon()  # its buffered events cannot be written either
-                writer = None
-        metrics["error"] = disk_full_text(run_dir) if full else f"{type(err).__name__}: {err}"
-        records.write_error((metrics["error"] + "\n\n" if full else "") + traceback.format_exc())
+            self.writers = []
+        text = disk_full_text(self.dirs[0]) if full else f"{type(err).__name__}: {err}"
+        for m, rec in zip(metrics, self.records):
+            m["error"] = text
+            rec.write_error((text + "\n\n" if full else "") + traceback.format_exc())
         if full:
-            raise DiskFull(errno.ENOSPC, metrics["error"]) from None
-        raise
-    finally:
-        stop.restore()
-        reserve.free()
-        metrics["wall_time_s"] = round(prior_wall + time.perf_counter() - started, 3)
-        metrics["run_dir"] = str(run_dir)
-        records.write_metrics(metrics)
-        records.end_session(meta, sessions, metrics["status"], resumed_from or 0,
-                            trainer.step if trainer else resumed_from)
-        if writer is not None:
+            raise DiskFull(errno.ENOSPC, text) from None
+        raise err
+
+    def record(self, metrics: list[dict], sessions: list[tuple[dict, list]]) -> None:
+        """Every run's ``metrics.json`` and session, whatever happened; the writers closed. A
+        group's wall time is shared evenly: what one run cost."""
+        wall = self.prior_wall + time.perf_counter() - self.started
+        for m, rec, (meta, past) in zip(metrics, self.records, sessions):
+            m["wall_time_s"] = round(wall / self.k, 3)
+            if self.group is not None:
+                m.setdefault("fused", {**self.group, "index": self.records.index(rec)})["group_wall_time_s"] = round(wall, 3)
+            m["run_dir"] = str(rec.path)
+            rec.write_metrics(m)
+            rec.end_session(meta, past, m["status"], self.resumed_from or 0,
+                            self.trainer.step if self.trainer else self.resumed_from)
+        for writer in self.writers:
             writer.close()
-    if metrics["status"] == "interrupted":
-        stop.hand_over()  # under submitit: its handler requeues the job and exits the process
-    return metrics
 
 
 def _g(v) -> str:

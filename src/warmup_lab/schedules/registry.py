@@ -45,8 +45,6 @@ STEP_RATIO_PAIRS = (("warmup_steps", "warmup_ratio"), ("step_size", "step_ratio"
                     ("num_decay_steps", "decay_ratio"))
 ADAM_FAMILY = ("adam", "adamw", "radam")  # optimizers whose config has betas: [beta1, beta2]
 DAMPENED_DECAYS = ("constant", "linear", "cosine")
-#: Schedules whose lr follows the run's validation history: trained by a run of its own (not fused).
-VAL_DRIVEN = ("reduceonplateau",)
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
