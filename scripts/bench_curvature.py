@@ -40,8 +40,8 @@ def interleaved(on: Setup, off: Setup, tmp: Path) -> tuple[float, float]:
                 ta += time.perf_counter() - t0
             else:
                 tb += time.perf_counter() - t0
-    a.writer.close()
-    b.writer.close()
+    a.runs[0].writer.close()
+    b.runs[0].writer.close()
     return ta, tb
 
 

@@ -1,55 +1,78 @@
-"""Many runs per device: K ResNet runs trained fused (``warmup_lab.engine.fused``: grouped convs, one BN
-over K*C channels, batched matmul head, one flat optimizer update with per-run lrs) against the
-same K runs one after another through the harness's ``Trainer`` (all metrics on) and through a
-bare loop. Prints training steps/s and the runs-per-hour ratio, measured side by side
-(interleaved repeats, medians). Target (issue): >= 4x for ResNet-20 at K = 8 on an H100/H200.
+"""Many runs per device: K runs through one ``Trainer`` (``launcher=fused``; the grouped ResNet or the
+vmapped Transformer, engine/stacking.py) against the same K runs one after another, each through the
+same ``Trainer`` with K = 1. Both sides are the real trainer with every metric on and a real
+TensorBoard writer per run; training steps only. Repeats are interleaved (group, then the K runs
+alone, ...) and medians reported: the ratio is measured side by side in one process.
 
-Data: CIFAR-10-format files with random pixels (written to a temp dir; throughput does not depend
-on the pixels), read by the real loader with the real augmentation; or ``--data digits``.
+Presets are the claim presets' models on this CPU (docs/claims.md) and ResNet-20 (the default experiment, and the GPU target's model):
 
-    .venv/bin/python scripts/bench_fused.py [--device cpu|cuda] [--k 8] [--steps 5] [--repeats 3]
-        [--data cifar|digits] [--batch 128] [--threads N] [--channels-last]
+    .venv/bin/python scripts/bench_fused.py [--preset resnet1d-mnist1d transformer-bytes ...] [--k 8]
+        [--steps 30] [--repeats 3] [--threads 1] [--device cpu|cuda]
+
+Target (issue #12): K = 8 at >= 1.5x the runs/hour of one after another for the claim presets'
+models on the CPU (>= 4x for ResNet-20 on an H100/H200).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_overhead import Setup, bare_loop, compose, harness_loop, prepare, sync  # noqa: E402
+from bench_overhead import compose, prepare, sync  # noqa: E402
+
+PRESETS = {  # the settings of the claim presets that use these models (conf/experiment/*.yaml)
+    "resnet1d-mnist1d": ["model=resnet1d", "data=mnist1d", "trainer.batch_size=64", "optimizer=adamw",
+                         "optimizer.lr=0.01"],
+    "resnet8-digits": ["model=resnet20", "model.depth=8", "model.width=8", "data=digits", "trainer.batch_size=64",
+                       "optimizer=sgd", "optimizer.lr=0.4"],
+    "transformer-bytes": ["model=transformer", "data=bytes", "model.n_layers=6", "model.d_model=64",
+                          "model.n_heads=4", "model.context_length=64", "data.context_length=64",
+                          "trainer.batch_size=32", "optimizer=adamw", "optimizer.lr=3e-3", "optimizer.betas=[0.9,0.98]"],
+    "resnet20-digits": ["model=resnet20", "data=digits", "trainer.batch_size=128", "optimizer=sgd", "optimizer.lr=0.1"],
+}
 
 
-def write_random_cifar(root: Path, per_batch: int) -> Path:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        n = per_batch if name != "test_batch" else 256
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         "labels": rng.integers(0, 10, n).tolist()}, f)
-    return root
+def build(cfgs, device: torch.device, tmp: Path):
+    """One ``Trainer`` of ``len(cfgs)`` runs, built as ``run_group`` builds it."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
+    from warmup_lab.engine import fastpath
+    from warmup_lab.engine.optim import build_optimizer
+    from warmup_lab.engine.trainer import RunParts, Trainer
+    from warmup_lab.runs.tb import RunWriter
+    from warmup_lab.runs.validate import check_schedule
 
-def fused_steps(cfgs, device, steps: int, channels_last: bool) -> tuple[float, float]:
-    """Seconds (wall, process CPU) for ``steps`` fused steps of all runs (after 2 warm-up steps)."""
-    from warmup_lab.engine.fused import FusedTrainer, build_fused
-
-    model, opt, lrs, data, samplers, device = build_fused(cfgs, device, channels_last=channels_last)
     tr = cfgs[0].trainer
-    t = FusedTrainer(model, opt, lrs, data, samplers, device=device, eval_interval=10**9,
-                     log_interval=tr.log_interval, precision=tr.precision, channels_last=channels_last,
-                     update_ratio=True, layer_interval=10 * tr.log_interval)  # the Trainer side's metrics
+    data = instantiate(cfgs[0].data).to(device)
+    parts = []
+    for cfg in cfgs:
+        torch.manual_seed(cfg.seed)
+        model = instantiate(cfg.model, _partial_=True)(spec=data.spec).to(device)
+        opt = build_optimizer(cfg.optimizer, model)
+        if len(cfgs) == 1:
+            fastpath.apply(model, opt, tr, device, is_image=len(data.spec.input_shape) == 3)
+        writer = RunWriter(Path(tempfile.mkdtemp(dir=tmp)))
+        parts.append(RunParts(model, opt, check_schedule(cfg, tr.max_steps), writer, int(cfg.seed)))
+    metrics = OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None
+    return Trainer(parts, data, total_steps=tr.max_steps, batch_size=tr.batch_size, device=device,
+                   eval_interval=10**9, log_interval=tr.log_interval, grad_clip=tr.grad_clip,
+                   precision=tr.precision, progress=False, metrics=metrics,
+                   channels_last=len(cfgs) > 1 and bool(tr.get("channels_last")))
+
+
+def timed_steps(cfgs, device: torch.device, steps: int, tmp: Path) -> tuple[float, float]:
+    """(wall, process CPU) seconds of ``steps`` training steps of one Trainer of ``cfgs``, after
+    2 warm-up steps and a flush (allocations, oneDNN primitives, optimizer state)."""
+    t = build(cfgs, device, tmp)
     for _ in range(2):
         t.train_step()
     t.flush()
@@ -57,63 +80,55 @@ def fused_steps(cfgs, device, steps: int, channels_last: bool) -> tuple[float, f
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         t.train_step()
-        if len(t.filled) == t.log_interval:
+        if t.buffer.full:
             t.flush()
     t.flush()
     sync(device)
-    return time.perf_counter() - t0, time.process_time() - c0
+    elapsed = time.perf_counter() - t0, time.process_time() - c0
+    for r in t.runs:
+        r.writer.close()
+    return elapsed
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--k", type=int, nargs="+", default=[8], help="runs fused (several: one row each)")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    ap.add_argument("--preset", nargs="+", default=["resnet1d-mnist1d", "resnet8-digits", "transformer-bytes"],
+                    choices=sorted(PRESETS))
+    ap.add_argument("--k", type=int, nargs="+", default=[8], help="runs per group (several: one row each)")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--data", choices=("cifar", "digits"), default="cifar")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides (trainer.precision=bf16, ...)")
     a = ap.parse_args()
     device = prepare(a.device, a.threads, "bench_fused")
     if device is None:
         return
+    print(f"# K runs in one Trainer vs the same K runs one after another (Trainer, K = 1); device {device}, "
+          f"threads {torch.get_num_threads()}, {a.steps} steps x {a.repeats} interleaved repeats (medians); "
+          f"load average at start {os.getloadavg()[0]:.2f}")
+    print(f"{'preset':18s} {'K':>3s} {'group run-steps/s':>17s} {'one after another':>17s} {'runs/h ratio':>12s} "
+          f"{'cpu-time ratio':>14s}  pairwise")
     with tempfile.TemporaryDirectory() as tmp:
-        if a.data == "cifar":
-            root = write_random_cifar(Path(tmp) / "data", per_batch=max(a.batch * 2, 256))
-            data_args = ["data=cifar10", f"data.root={root}"]
-        else:
-            data_args = ["data=digits"]
-        common = ["model=resnet20", f"trainer.batch_size={a.batch}", f"trainer.device={a.device}",
-                  f"trainer.precision={a.precision}", f"trainer.channels_last={str(a.channels_last).lower()}",
-                  "trainer.progress=false", *data_args]
-        print(f"# fused vs one-after-another: ResNet-20, {a.data} {'32x32' if a.data == 'cifar' else '8x8'}, "
-              f"batch {a.batch} per run, {a.precision}{', channels_last' if a.channels_last else ''}, "
-              f"device {device}, threads {torch.get_num_threads()}, {a.steps} steps x {a.repeats} "
-              f"interleaved repeats (medians); load average at start {os.getloadavg()[0]:.2f}")
-        print(f"{'K':>3s} {'fused run-steps/s':>17s} {'seq Trainer':>11s} {'seq bare':>9s} "
-              f"{'runs/h vs Trainer':>17s} {'vs bare':>8s} {'(cpu-time ratios)':>18s}")
-        for k in a.k:
-            cfgs = [compose(common + [f"seed={j}", f"optimizer.lr={0.1 * (1 + j / 10):.3f}",
-                                      f"trainer.max_steps={a.steps + 4}"]) for j in range(k)]
-            setups = [Setup(common + [f"seed={j}", f"optimizer.lr={0.1 * (1 + j / 10):.3f}"], device, a.steps)
-                      for j in range(k)]
-            bare_loop(setups[0]), harness_loop(setups[0], Path(tmp))  # warm-up
-            fused, seq_h, seq_b = [], [], []
-            for _ in range(a.repeats):
-                fused.append(fused_steps(cfgs, device, a.steps, a.channels_last))
-                hs = [harness_loop(s, Path(tmp), final_eval=False) for s in setups]
-                seq_h.append((sum(h[0] for h in hs), sum(h[1] for h in hs)))
-                bs = [bare_loop(s, final_eval=False) for s in setups]
-                seq_b.append((sum(b[0] for b in bs), sum(b[1] for b in bs)))
-            med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
-            rate = lambda xs: k * a.steps / med(xs, 0)  # noqa: E731  (run-steps per second)
-            print(f"{k:3d} {rate(fused):17.2f} {rate(seq_h):11.2f} {rate(seq_b):9.2f} "
-                  f"{med(seq_h, 0) / med(fused, 0):16.2f}x {med(seq_b, 0) / med(fused, 0):7.2f}x "
-                  f"{med(seq_h, 1) / med(fused, 1):8.2f}x {med(seq_b, 1) / med(fused, 1):7.2f}x", flush=True)
-    print(f"load average at end {os.getloadavg()[0]:.2f}. Training steps only (no evaluation) on all "
-          f"sides. Target >= 4x is for ResNet-20 at K=8 on an H100/H200.")
+        for name in a.preset:
+            for k in a.k:
+                common = [*PRESETS[name], f"trainer.device={a.device}", "trainer.progress=false",
+                          f"trainer.max_steps={a.steps + 2}", *a.overrides]
+                lr = float(compose(common).optimizer.lr)
+                cfgs = [compose(common + [f"seed={j}", f"optimizer.lr={lr * (1 + j / 10)}"]) for j in range(k)]
+                timed_steps(cfgs[:1], device, 2, Path(tmp))  # warm-up
+                group, alone = [], []
+                for _ in range(a.repeats):
+                    group.append(timed_steps(cfgs, device, a.steps, Path(tmp)))
+                    runs = [timed_steps([c], device, a.steps, Path(tmp)) for c in cfgs]
+                    alone.append((sum(r[0] for r in runs), sum(r[1] for r in runs)))
+                med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
+                pair = sorted(b[0] / g[0] for g, b in zip(group, alone))
+                print(f"{name:18s} {k:3d} {k * a.steps / med(group, 0):17.1f} {k * a.steps / med(alone, 0):17.1f} "
+                      f"{med(alone, 0) / med(group, 0):11.2f}x {med(alone, 1) / med(group, 1):13.2f}x  "
+                      f"{' '.join(f'{p:.2f}' for p in pair)}", flush=True)
+    print(f"load average at end {os.getloadavg()[0]:.2f}. Target: >= 1.5x at K = 8 for the claim presets' "
+          f"models on the CPU.")
 
 
 if __name__ == "__main__":

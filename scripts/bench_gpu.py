@@ -97,7 +97,7 @@ def build(model_name: str, variant: str, device: torch.device, batch: int, steps
     from warmup_lab.engine import fastpath
     from warmup_lab.engine.optim import build_optimizer
     from warmup_lab.runs.tb import RunWriter
-    from warmup_lab.engine.trainer import Trainer
+    from warmup_lab.engine.trainer import RunParts, Trainer
     from warmup_lab.runs.validate import check_schedule
 
     cfg = compose(MODELS[model_name] + VARIANTS[variant] + [
@@ -114,8 +114,8 @@ def build(model_name: str, variant: str, device: torch.device, batch: int, steps
     tr = cfg.trainer
     metrics = OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None
     kwargs = {"metrics": metrics} if metrics is not None else {}
-    trainer = Trainer(model, opt, check_schedule(cfg, steps), data, RunWriter(Path(tempfile.mkdtemp(dir=tmp))),
-                      total_steps=steps, batch_size=batch, seed=0, device=device, eval_interval=steps,
+    parts = RunParts(model, opt, check_schedule(cfg, steps), RunWriter(Path(tempfile.mkdtemp(dir=tmp))), 0)
+    trainer = Trainer([parts], data, total_steps=steps, batch_size=batch, device=device, eval_interval=steps,
                       log_interval=tr.log_interval, precision=tr.precision, progress=False, **kwargs)
     return trainer, data, fps
 
@@ -197,7 +197,7 @@ def main() -> None:
                        f"{f'{bw_floor:,.0f}' if bw_floor else 'n/a'} | {f'{mem:.2f}' if mem is not None else 'n/a'} |")
                 lines.append(row)
                 print(row, flush=True)
-                trainer.writer.close()
+                trainer.runs[0].writer.close()
                 del trainer, data
     lines.append(f"FLOPs counted per training sample (fwd+bwd). Compute floor = peak/FLOPs "
                  "(bf16 peak for bf16 variants; CPU peaks are assumptions [unsure in perf.md]). "

@@ -1,4 +1,4 @@
-"""Harness-overhead benchmark: steps/s of the real ``Trainer`` (every log and stability metric on,
+"""Harness-overhead benchmark: steps/s of the real ``Trainer`` with K = 1 (every log and stability metric on,
 TensorBoard writing, buffered flushes) against a minimal hand-written PyTorch loop on the same
 model, data, batch, optimizer and schedule (forward, backward, step, lr set by a Python lambda).
 
@@ -165,7 +165,7 @@ def harness_loop(s: Setup, tmp: Path, profile: cProfile.Profile | None = None,
         profile.disable()
     sync(s.device)
     elapsed = time.perf_counter() - t0, time.process_time() - c0
-    trainer.writer.close()
+    trainer.runs[0].writer.close()
     return elapsed
 
 
@@ -174,15 +174,15 @@ def make_trainer(s: Setup, tmp: Path):
     from omegaconf import OmegaConf
 
     from warmup_lab.runs.tb import RunWriter
-    from warmup_lab.engine.trainer import Trainer
+    from warmup_lab.engine.trainer import RunParts, Trainer
 
     model, opt = s.fresh()
     tr = s.cfg.trainer
     metrics = OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None
     kwargs = {"metrics": metrics} if metrics is not None else {}  # defaults: every metric on
     writer = RunWriter(Path(tempfile.mkdtemp(dir=tmp)))
-    return Trainer(model, opt, s.schedule, s.data, writer, total_steps=s.steps,
-                   batch_size=tr.batch_size, seed=s.cfg.seed, device=s.device,
+    return Trainer([RunParts(model, opt, s.schedule, writer, int(s.cfg.seed))], s.data, total_steps=s.steps,
+                   batch_size=tr.batch_size, device=s.device,
                    eval_interval=s.steps, log_interval=tr.log_interval, grad_clip=tr.grad_clip,
                    precision=tr.precision, progress=False, **kwargs)
 
@@ -210,9 +210,9 @@ def interleaved(s: Setup, tmp: Path) -> tuple[float, float, float, float]:
     bare.evaluate()
     t1, c1 = time.perf_counter(), time.process_time()
     trainer.evaluate()
-    trainer.writer.flush()
+    trainer.runs[0].writer.flush()
     t2, c2 = time.perf_counter(), time.process_time()
-    trainer.writer.close()
+    trainer.runs[0].writer.close()
     return bw + t1 - t0, bc + c1 - c0, hw + t2 - t1, hc + c2 - c1
 
 
