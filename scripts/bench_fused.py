@@ -66,7 +66,7 @@ def build(cfgs, device: torch.device, tmp: Path):
     return Trainer(parts, data, total_steps=tr.max_steps, batch_size=tr.batch_size, device=device,
                    eval_interval=10**9, log_interval=tr.log_interval, grad_clip=tr.grad_clip,
                    precision=tr.precision, progress=False, metrics=metrics,
-                   channels_last=len(cfgs) > 1 and bool(tr.get("channels_last")))
+                   channels_last=len(cfgs) > 1 and bool(tr.get("channels_last")), stack=tr.get("stack", "auto"))
 
 
 def timed_steps(cfgs, device: torch.device, steps: int, tmp: Path) -> tuple[float, float]:

@@ -119,7 +119,7 @@ def build_trainer(cfg, run_dir, device: str = "cpu"):
     return Trainer(parts, data, total_steps=tr.max_steps, batch_size=tr.batch_size, device=device,
                    eval_interval=tr.eval_interval, log_interval=tr.log_interval,
                    grad_clip=tr.grad_clip, precision=tr.precision, progress=False,
-                   channels_last=len(cfgs) > 1 and bool(tr.get("channels_last")), **kwargs)
+                   channels_last=len(cfgs) > 1 and bool(tr.get("channels_last")), stack=tr.get("stack", "auto"), **kwargs)
 
 
 def write_tiny_cifar(root: Path, n_train_per_batch: int = 20, n_test: int = 20) -> Path:

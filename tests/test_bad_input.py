@@ -88,6 +88,8 @@ BAD = [
     (["trainer.progress=maybe"], "trainer.progress=maybe", "true or false"),
     (["trainer.compile=fast"], "trainer.compile=fast", "reduce-overhead"),
     (["trainer.threads=0"], "trainer.threads=0", ">= 1"),
+    (["trainer.stack=fused"], "trainer.stack=fused", "auto, grouped, vmap, loop"),
+    (["model=transformer", "data=bytes", "trainer.stack=grouped"], "trainer.stack=grouped", "not model=transformer"),
     (["scheduler.warmup_ratio=1.5", "scheduler.warmup_steps=null"], "scheduler.warmup_ratio=1.5", "[0.0, 1.0)"),
     (["+trainer.metrics.windw=3"], "+trainer.metrics.windw", "nothing would read it"),
     (["study.max_seeds=1", "study.claim=warmup_fraction"], "study.max_seeds=1", ">= 2"),

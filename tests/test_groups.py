@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY_BYTES, TINY_TRANSFORMER, compose_cfg, read_scalars, write_tiny_cifar
-from warmup_lab.engine.stacking import GroupedResNet, Single, VmapStack, stack_models
+from warmup_lab.engine.stacking import GroupedResNet, LoopStack, Single, VmapStack, stack_models
 from warmup_lab.models.resnet import CifarResNet
 from warmup_lab.models.transformer import transformer
 from warmup_lab.data.spec import DataSpec
@@ -54,10 +54,15 @@ GROUPS = {
                                 ["seed=3", "optimizer=rmsprop", "optimizer.lr=1e-4"],
                                 ["seed=4", "optimizer=sgd", "optimizer.lr=0.02", "optimizer.nesterov=true"]]),
     # the vmapped Transformer (LayerNorm, attention, tied embeddings), Post-LN, clipping
-    "transformer": ([*TF, "model.norm_first=false", "model.tie_embeddings=true", "trainer.grad_clip=0.5"],
-                    [["seed=0", "optimizer=adamw", "optimizer.lr=3e-3"], ["seed=1", "optimizer=adamw", "optimizer.lr=1e-2"],
-                     ["seed=2", "optimizer=sgd", "optimizer.lr=0.1", "scheduler=reduceonplateau"]]),
+    "transformer_vmap": ([*TF, "model.norm_first=false", "model.tie_embeddings=true", "trainer.grad_clip=0.5",
+                          "trainer.stack=vmap"],
+                         [["seed=0", "optimizer=adamw", "optimizer.lr=3e-3"], ["seed=1", "optimizer=adamw", "optimizer.lr=1e-2"],
+                          ["seed=2", "optimizer=sgd", "optimizer.lr=0.1", "scheduler=reduceonplateau"]]),
+    # the Transformer on the CPU by default: one model after another in one step
+    "transformer_loop": (TF, [["seed=0", "optimizer=adamw", "optimizer.lr=3e-3"], ["seed=1", "optimizer=radam"]]),
 }
+KIND = {"resnet_sgd": GroupedResNet, "resnet_every_optimizer": GroupedResNet, "transformer_vmap": VmapStack,
+        "transformer_loop": LoopStack}
 
 
 @pytest.mark.parametrize("name", list(GROUPS))
@@ -68,7 +73,7 @@ def test_runs_of_a_group_equal_runs_alone(tmp_path, monkeypatch, name):
     common, runs = GROUPS[name]
     cfgs = [compose_cfg(*common, *extra) for extra in runs]
     metrics, group = trained(monkeypatch, cfgs, [tmp_path / f"g{k}" for k in range(len(cfgs))])
-    assert group.k == len(cfgs) and not isinstance(group.stack, Single)
+    assert group.k == len(cfgs) and type(group.stack) is KIND[name]
     for k, cfg in enumerate(cfgs):
         [alone_m], alone = trained(monkeypatch, [cfg], [tmp_path / f"a{k}"])
         assert isinstance(alone.stack, Single)
@@ -103,24 +108,29 @@ def _models(make, k=3):
 
 
 STACKS = {
-    "resnet2d_A": (lambda: CifarResNet(3, 10, n=1, width=4, shortcut="A"), (5, 3, 8, 8), GroupedResNet),
-    "resnet2d_B": (lambda: CifarResNet(3, 10, n=1, width=4, shortcut="B"), (5, 3, 8, 8), GroupedResNet),
-    "resnet1d_A": (lambda: CifarResNet(1, 10, n=1, width=4, dim=1, kernel_size=5), (5, 1, 40), GroupedResNet),
-    "transformer": (lambda: transformer(DataSpec("lm", (16,), 256), n_layers=1, d_model=16, n_heads=2), (5, 16), VmapStack),
+    "resnet2d_A": (lambda: CifarResNet(3, 10, n=1, width=4, shortcut="A"), (5, 3, 8, 8)),
+    "resnet2d_B": (lambda: CifarResNet(3, 10, n=1, width=4, shortcut="B"), (5, 3, 8, 8)),
+    "resnet1d_A": (lambda: CifarResNet(1, 10, n=1, width=4, dim=1, kernel_size=5), (5, 1, 40)),
+    "transformer": (lambda: transformer(DataSpec("lm", (16,), 256), n_layers=1, d_model=16, n_heads=2,
+                                        tie_embeddings=True), (5, 16)),
 }
+CASES = [("resnet2d_A", "auto", GroupedResNet), ("resnet2d_B", "auto", GroupedResNet),
+         ("resnet1d_A", "auto", GroupedResNet), ("transformer", "auto", LoopStack),  # auto on the CPU
+         ("resnet2d_B", "vmap", VmapStack), ("resnet1d_A", "vmap", VmapStack), ("transformer", "vmap", VmapStack),
+         ("resnet1d_A", "loop", LoopStack)]
 
 
-@pytest.mark.parametrize("name,via", [(n, "fast path") for n in STACKS if STACKS[n][2] is GroupedResNet]
-                         + [(n, "vmap") for n in STACKS])
-def test_a_stack_computes_each_model_and_updates_its_own_statistics(name, via):
-    """Training-mode forward of the stack = each model's own forward; BatchNorm running statistics
+@pytest.mark.parametrize("name,via,kind", CASES)
+def test_a_stack_computes_each_model_and_updates_its_own_statistics(name, via, kind):
+    """Training-mode forward of every stack (auto on the CPU: grouped ResNets, a loop for the
+    rest; and vmap) = each model's own forward; BatchNorm running statistics
     (stacked buffers, under vmap too) = each model's after its own forward, and they are the
     runs' own modules' buffers; run k's loss drives only run k's gradients."""
-    make, shape, fast = STACKS[name]
+    make, shape = STACKS[name]
     models = _models(make)
     reference = copy.deepcopy(models)
-    stack = stack_models(models) if via == "fast path" else VmapStack(models)
-    assert isinstance(stack, fast if via == "fast path" else VmapStack)
+    stack = stack_models(models, via)
+    assert type(stack) is kind
     gen = torch.Generator().manual_seed(0)
     xs = (torch.randint(0, 256, (3, *shape), generator=gen) if name == "transformer"
           else torch.randn(3, *shape, generator=gen))

@@ -95,14 +95,15 @@ def test_steps_between_flushes_read_nothing_from_the_device(tmp_path, monkeypatc
     assert len(trainer.runs[0].windows.history["loss"]) == 3 * log_interval  # every step reached the host
 
 
-@pytest.mark.parametrize("model", ["resnet", "transformer"])
-def test_steps_of_k_runs_read_nothing_from_the_device(tmp_path, monkeypatch, model):
-    """K = 2 runs through one Trainer (the grouped ResNet and the vmapped Transformer), update
+@pytest.mark.parametrize("model,stack", [("resnet", "auto"), ("transformer", "vmap"), ("transformer", "loop")])
+def test_steps_of_k_runs_read_nothing_from_the_device(tmp_path, monkeypatch, model, stack):
+    """K = 2 runs through one Trainer (the grouped ResNet, the vmapped or looped Transformer), update
     ratios and a layer step (per-layer norms, Adam quantiles) inside the window; the runs differ
     in seed, lr and optimizer."""
     extra = (["model=transformer", "data=bytes", *TINY_TRANSFORMER, *TINY_BYTES] if model == "transformer"
              else ["model.width=8"])
     cfgs = [compose_cfg(*extra, "trainer.max_steps=30", "trainer.log_interval=8", "trainer.metrics.layer_interval=8",
+                        f"trainer.stack={stack}",
                         f"seed={s}", f"optimizer={o}", f"optimizer.lr={lr}")
             for s, o, lr in ((0, "adamw", 1e-3), (1, "rmsprop", 3e-3))]
     trainer = build_trainer(cfgs, tmp_path)

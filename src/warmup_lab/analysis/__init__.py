@@ -9,8 +9,16 @@ alpha spending across rounds of seeds), ``power`` (seeds a part needs), ``plots`
 ``scripts/analyze.py``.
 """
 
-from warmup_lab.analysis.claims import evaluate_claim, named_claims
-from warmup_lab.analysis.claimspec import ClaimError, load_claim, parse_claim
-from warmup_lab.analysis.report import analyze
+import importlib
 
-__all__ = ["ClaimError", "analyze", "evaluate_claim", "load_claim", "named_claims", "parse_claim"]
+_EXPORTS = {"ClaimError": "claimspec", "load_claim": "claimspec", "parse_claim": "claimspec",
+            "evaluate_claim": "claims", "named_claims": "claims", "analyze": "report"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """The package's names, imported on first use: a training process imports the sweeper plugin,
+    which needs only ``claimspec``, and should not pay for matplotlib and the report (1.4 s)."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"warmup_lab.analysis.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'warmup_lab.analysis' has no attribute {name!r}")

@@ -30,15 +30,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as _st
 
 from warmup_lab.analysis.claims import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, ClaimResult, Part, evaluate_claim, headline_of,
                      verdict_of)
 from warmup_lab.analysis.claimspec import ClaimError, ClaimSpec
+from warmup_lab.analysis.stats import scipy_stats
 from warmup_lab.analysis.load import Run
 
 SPENDING = ("obrien_fleming", "pocock")
-STUDY_FILE = "study.json"  # a sequential study's design and rounds in its sweep directory (study.py writes it)
+from warmup_lab.sweeps.study import STUDY_FILE  # noqa: E402  (sweeps/study.py writes it)
 
 
 def spent(t: float, alpha: float, kind: str) -> float:
@@ -47,7 +47,7 @@ def spent(t: float, alpha: float, kind: str) -> float:
     if t == 0:
         return 0.0
     if kind == "obrien_fleming":
-        return float(2 - 2 * _st.norm.cdf(_st.norm.ppf(1 - alpha / 2) / math.sqrt(t)))
+        return float(2 - 2 * scipy_stats().norm.cdf(scipy_stats().norm.ppf(1 - alpha / 2) / math.sqrt(t)))
     if kind == "pocock":
         return float(alpha * math.log(1 + (math.e - 1) * t))
     raise ValueError(f"unknown spending function {kind!r}: allowed {', '.join(SPENDING)}")
@@ -224,7 +224,7 @@ def simulate(design: Design, rule: str, effect: float, sd: float, margin: float,
             continue
         xs = x[:, :n]
         m, s = xs.mean(axis=1), xs.std(axis=1, ddof=1)
-        h = _st.t.ppf(1 - a / 2, n - 1) * s / math.sqrt(n)
+        h = scipy_stats().t.ppf(1 - a / 2, n - 1) * s / math.sqrt(n)
         d = _decide_vec(rule, m - h, m + h, m, margin)
         new = open_ & (d != 0)
         decision[new] = d[new]

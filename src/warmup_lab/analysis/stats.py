@@ -14,10 +14,16 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import stats as _st
 
 LEVEL = 0.95
 N_BOOT = 4000
+
+
+def scipy_stats():
+    """scipy.stats, imported on first use (0.4 s that a training process does not need)."""
+    from scipy import stats
+
+    return stats
 
 
 @dataclass
@@ -63,7 +69,7 @@ def t_interval(x: Sequence[float], level: float = LEVEL) -> Interval:
     se = float(a.std(ddof=1)) / math.sqrt(n)
     if se == 0:
         return Interval(m, m, m, n, level, "t")
-    lo, hi = _st.t.interval(level, n - 1, loc=m, scale=se)  # scipy's t-interval of the mean
+    lo, hi = scipy_stats().t.interval(level, n - 1, loc=m, scale=se)  # scipy's t-interval of the mean
     return Interval(m, float(lo), float(hi), n, level, "t")
 
 
@@ -141,7 +147,7 @@ def wilson(k: int, n: int, level: float = LEVEL) -> Interval:
     """Wilson score interval of a proportion ``k / n`` (divergence and failure rates)."""
     if n == 0:
         return Interval(None, None, None, 0, level, "wilson")
-    ci = _st.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    ci = scipy_stats().binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
     lo, hi = float(ci.low), float(ci.high)
     lo, hi = (0.0 if lo < 1e-12 else lo), (1.0 if hi > 1 - 1e-12 else hi)  # float noise at the ends
     return Interval(k / n, lo, hi, n, level, "wilson")

@@ -22,6 +22,9 @@ the sum of the K per-run losses is, for each run, the gradient of its own loss.
     ``torch.func.stack_module_state`` + ``vmap(functional_call)``. BatchNorm statistics are
     stacked buffers updated in place under ``vmap``; dropout draws differ per run
     (``randomness="different"``) but not as the run alone draws them.
+
+  :class:`LoopStack` calls the K models one after another (nothing fused, nothing aliased): the
+  fastest where the models are compute-bound. :func:`stack_models` picks one (``trainer.stack``).
 """
 
 from __future__ import annotations
@@ -41,7 +44,11 @@ class Stack(nn.Module):
     k: int
 
     def zero_grad_(self, optimizers) -> None:
-        raise NotImplementedError
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def check_grads(self) -> None:
+        """After a backward: raise if the runs' optimizers would not see their gradients."""
 
     def stack_state(self) -> dict[str, torch.Tensor]:
         """The parameters and buffers of all K runs (for checkpoints)."""
@@ -60,9 +67,6 @@ class Single(Stack):
 
     def forward(self, xs: torch.Tensor) -> torch.Tensor:
         return self.model(xs[0]).unsqueeze(0)
-
-    def zero_grad_(self, optimizers) -> None:
-        optimizers[0].zero_grad(set_to_none=True)
 
     def stack_state(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
@@ -103,6 +107,20 @@ class _Aliased(Stack):
 
     def _remember_grads(self) -> None:
         self._grad_ptrs = [p.grad.data_ptr() for p in self._stacked]
+
+
+class LoopStack(Stack):
+    """K > 1 models called one after another inside one forward: no kernel is fused, each run's
+    tensors stay its own. The fastest stack where the models are compute-bound (small
+    Transformers on the CPU, docs/performance.md): the group still shares one process, one data
+    set and one step loop."""
+
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        self.k, self.models = len(models), nn.ModuleList(models)
+
+    def forward(self, xs: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m, x in zip(self.models, xs)])
 
 
 # -- the CIFAR ResNet fast path ----------------------------------------------------------------------
@@ -259,10 +277,23 @@ class VmapStack(_Aliased):
                 t.copy_(state[name])
 
 
-def stack_models(models: list[nn.Module], channels_last: bool = False) -> Stack:
-    """One :class:`Stack` for the K runs' models (same architecture, same device)."""
+STACKS = ("auto", "grouped", "vmap", "loop")
+
+
+def stack_models(models: list[nn.Module], how: str = "auto", channels_last: bool = False) -> Stack:
+    """One :class:`Stack` for the K runs' models (same architecture, built on their device).
+
+    ``how`` (``trainer.stack``): ``grouped`` (CIFAR ResNets only), ``vmap``, ``loop``, or ``auto``:
+    the grouped model for CIFAR ResNets, ``vmap`` for other models on an accelerator and ``loop``
+    for them on the CPU, where vmap's batched matmuls were slower than one GEMM per run
+    (docs/performance.md, section 5). K = 1 is always the model itself."""
     if len(models) == 1:
         return Single(models[0])
-    if all(type(m) is CifarResNet for m in models):
+    grouped = all(type(m) is CifarResNet for m in models)
+    if how == "auto":
+        how = "grouped" if grouped else "vmap" if next(models[0].parameters()).device.type != "cpu" else "loop"
+    if how == "grouped":
+        if not grouped:
+            raise ValueError("trainer.stack=grouped needs a CIFAR ResNet (model=resnet20, resnet56, resnet1d)")
         return GroupedResNet(models, channels_last)
-    return VmapStack(models)
+    return VmapStack(models) if how == "vmap" else LoopStack(models)

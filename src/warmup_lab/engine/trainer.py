@@ -150,7 +150,7 @@ class Trainer:
                  precision: str = "fp32", progress: bool = True, eval_batch_size: int = 512,
                  metrics: dict | None = None, checkpoint_interval: int | None = None,
                  checkpoint_fn: Callable[[dict], object] | None = None, channels_last: bool = False,
-                 compile: bool = False):
+                 compile: bool = False, stack: str = "auto"):
         self.data, self.total_steps, self.device = data, total_steps, device
         self.eval_interval, self.log_interval = eval_interval, log_interval
         self.grad_clip, self.progress, self.eval_batch_size = grad_clip, progress, eval_batch_size
@@ -159,7 +159,7 @@ class Trainer:
         self.mcfg = MetricsConfig.from_dict(metrics, log_interval)
         self.runs = [Run(k, p, data, batch_size, self.mcfg, total_steps, device) for k, p in enumerate(parts)]
         self.k = len(self.runs)
-        self.stack = stack_models([r.model for r in self.runs], channels_last=channels_last)
+        self.stack = stack_models([r.model for r in self.runs], stack, channels_last=channels_last)
         self.forward = torch.compile(self.stack) if compile and self.k > 1 else self.stack
         self.optimizers = [r.optimizer for r in self.runs]
         self.active = list(self.runs)        # runs still training (not diverged)
@@ -200,8 +200,7 @@ class Trainer:
             losses = run_losses(self.forward(xs), ys)
         self.stack.zero_grad_(self.optimizers)
         losses.sum().backward()
-        if self.k > 1:
-            self.stack.check_grads()
+        self.stack.check_grads()
         norms, ratios = [], []
         for r in self.active:
             grad_norm = total_norm([p.grad for p in r.params if p.grad is not None])

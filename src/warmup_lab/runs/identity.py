@@ -33,7 +33,7 @@ from typing import Iterable
 BOOKKEEPING = ("trainer.resume", "trainer.progress", "trainer.checkpoint_interval", "paths", "data.root",
                "data.download", "launcher", "hydra")
 SPEED = ("trainer.threads", "trainer.device", "trainer.compile", "trainer.compile_optimizer",
-         "trainer.channels_last")
+         "trainer.channels_last", "trainer.stack")
 STUDY = ("study",)
 STUDY_DESIGN = ("study.claim", "study.max_seeds", "study.round_seeds", "study.budget_minutes", "study.alpha",
                 "study.spending", "study.margin", "study.metric")

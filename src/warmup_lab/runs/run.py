@@ -251,7 +251,8 @@ class GroupSession:
             precision=tr.precision, progress=tr.progress,
             metrics=OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None,
             checkpoint_interval=tr.get("checkpoint_interval"), checkpoint_fn=self.checkpoint_fn,
-            channels_last=bool(tr.get("channels_last")), compile=bool(fastpath.compile_mode(tr.get("compile"))))
+            channels_last=bool(tr.get("channels_last")), compile=bool(fastpath.compile_mode(tr.get("compile"))),
+            stack=tr.get("stack", "auto"))
         stop.attach(self.trainer)
         if state is not None:
             self.trainer.load_state_dict(state)

@@ -136,8 +136,8 @@ SCHEMA: dict[str, dict[str, dict[str, Knob]]] = {
 
 # the trainer's knobs (conf/trainer/default.yaml); values are range-checked in validate.py
 TRAINER_KEYS = ("device", "max_steps", "epochs", "batch_size", "eval_interval", "log_interval", "grad_clip",
-                "precision", "channels_last", "compile", "compile_optimizer", "seed", "deterministic", "threads",
-                "progress", "checkpoint_interval", "resume", "metrics")
+                "precision", "channels_last", "compile", "compile_optimizer", "stack", "seed", "deterministic",
+                "threads", "progress", "checkpoint_interval", "resume", "metrics")
 METRICS_KEYS = ("jitter_window", "spike_threshold", "loss_threshold", "early_fraction", "layer_interval",
                 "update_ratio", "layers", "curvature_interval", "curvature_iters", "curvature_batch")
 TOP_KEYS = ("seed", "task_name", "paths", "study", "model", "data", "optimizer", "scheduler", "trainer", "hydra")
@@ -171,7 +171,8 @@ def check_group(group: str, node) -> None:
 
 # trainer knobs whose type this table checks (ranges and the rest: validate.py, fastpath.compile_mode)
 TRAINER_TYPES = {"channels_last": BOOL, "compile_optimizer": BOOL, "deterministic": BOOL, "progress": BOOL,
-                 "resume": BOOL, "seed": I(), "device": STR}
+                 "resume": BOOL, "seed": I(), "device": STR,
+                 "stack": Knob("choice", choices=("auto", "grouped", "vmap", "loop"))}
 
 
 def check_trainer_keys(node) -> None:

@@ -114,6 +114,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("trainer.metrics.curvature_interval needs trainer.compile=false: the probe's "
                           "Hessian-vector products run the model eagerly")
     check_device(tr.device)
+    if tr.get("stack") == "grouped" and cfg.model.get("_target_") not in ("warmup_lab.models.cifar_resnet",
+                                                                        "warmup_lab.models.resnet1d"):
+        raise ConfigError(f"trainer.stack=grouped needs a CIFAR ResNet (model=resnet20, resnet56 or resnet1d), "
+                          f"not model={cfg.model.get('name')}: allowed auto, vmap or loop")
 
     # The schedule checks its own knobs (warmup range and length, ...). With `epochs` the total is
     # known only once the data is loaded, so here a huge total checks everything else and run()

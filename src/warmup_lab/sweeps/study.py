@@ -18,11 +18,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from warmup_lab.analysis.claimspec import ClaimError, ClaimSpec, load_claim
-from warmup_lab.analysis.sequential import STUDY_FILE
 from warmup_lab.runs.progress import fmt_duration
 from warmup_lab.sweeps.jobs import FINISHED
 from warmup_lab.runs.runinfo import read_json, write_json
 
+STUDY_FILE = "study.json"  # a sequential study's design and rounds in its sweep directory (written here)
 
 
 def _seed_of(job: list[str]) -> int | None:
