@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import FAST, ROOT, compose_cfg, read_scalars, run_cli, start_until
+from conftest import FAST, ROOT, TINY_BYTES, TINY_TRANSFORMER, compose_cfg, read_scalars, run_cli, start_until
 from warmup_lab.analysis.arms import group_arms
 from warmup_lab.analysis.load import CURVE_TAGS, load_runs
 from warmup_lab.engine.trainer import Trainer
@@ -100,10 +100,18 @@ def test_groups_follow_the_per_run_keys_and_max_runs():
     assert fused_groups(cfgs, 8) == [[0, 1, 2, 3, 4, 6, 8], [5], [7], [9]]
 
 
-def test_an_interrupted_fused_group_continues_exactly_and_logs_each_step_once(tmp_path, monkeypatch):
+GROUP_MODELS = {"resnet": ["model.width=8"],
+                "transformer_loop": ["model=transformer", "data=bytes", *TINY_TRANSFORMER, *TINY_BYTES],
+                "transformer_vmap": ["model=transformer", "data=bytes", *TINY_TRANSFORMER, *TINY_BYTES,
+                                     "trainer.stack=vmap", "model.dropout=0.1"]}  # the global RNG resumes too
+
+
+@pytest.mark.parametrize("model", list(GROUP_MODELS))
+def test_an_interrupted_fused_group_continues_exactly_and_logs_each_step_once(tmp_path, monkeypatch, model):
     """SIGTERM's flag at step 3: checkpoint, runs interrupted; run again, the same group continues
-    from its checkpoint to the numbers of an uninterrupted group, bit for bit (CPU)."""
-    cfgs = [compose_cfg("model.width=8", f"seed={s}", f"optimizer.lr={lr}")
+    from its checkpoint to the numbers of an uninterrupted group, bit for bit (CPU): the grouped
+    ResNet (BN statistics), the looped and the vmapped Transformer (dropout)."""
+    cfgs = [compose_cfg(*GROUP_MODELS[model], f"seed={s}", f"optimizer.lr={lr}")
             for s, lr in ((0, 0.02), (1, 0.01))]
     whole = run_fused(cfgs, [tmp_path / "w0", tmp_path / "w1"])
     dirs = [tmp_path / "0", tmp_path / "1"]
@@ -134,6 +142,35 @@ def test_an_interrupted_fused_group_continues_exactly_and_logs_each_step_once(tm
             assert resumed[tag] == uninterrupted[tag], tag  # each step once, the same values
         meta = json.loads((d / "run_meta.json").read_text())
         assert [(s["from_step"], s["to_step"]) for s in meta["sessions"]] == [(0, 3), (3, 6)]
+        assert meta["fused"] == {"k": 2, "runs": [str(p) for p in dirs], "index": k}
+
+
+def test_a_group_with_a_diverged_run_continues_whole(tmp_path, monkeypatch):
+    """A run that diverged before the interruption is finished: the group still continues from its
+    checkpoint (that run masked, its record left as it was), not from step 0."""
+    cfgs = [compose_cfg("model.width=8", f"seed={s}", f"optimizer.lr={lr}")
+            for s, lr in ((0, 0.02), (1, 0.01), (2, 1e9))]  # run 2 diverges at step 3
+    whole = run_fused(cfgs, [tmp_path / f"w{k}" for k in range(3)])
+    dirs = [tmp_path / str(k) for k in range(3)]
+    original = Trainer.train_step
+
+    def stop_after_step_5(self):
+        original(self)
+        if self.step == 5:
+            self.stop_requested = True
+
+    monkeypatch.setattr(Trainer, "train_step", stop_after_step_5)
+    stopped = run_fused(cfgs, dirs)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert [m["status"] for m in stopped] == ["interrupted", "interrupted", "diverged"]
+    diverged = (dirs[2] / "metrics.json").read_text(), (dirs[2] / "run_meta.json").read_text()
+    done = run_fused(cfgs, dirs)
+    assert [m["resumed_from_step"] for m in done[:2]] == [5, 5]
+    assert ((dirs[2] / "metrics.json").read_text(), (dirs[2] / "run_meta.json").read_text()) == diverged
+    for k in range(3):
+        assert done[k]["status"] == whole[k]["status"] and done[k]["final_val_loss"] == whole[k]["final_val_loss"]
+        bits = [[(s, repr(v)) for s, v in read_scalars(d)["train/loss"]] for d in (dirs[k], tmp_path / f"w{k}")]
+        assert bits[0] == bits[1]  # each step once, the same values (NaN from step 3 for run 2)
 
 
 def test_another_group_of_the_same_dirs_starts_again(tmp_path, monkeypatch):

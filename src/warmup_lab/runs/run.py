@@ -103,6 +103,10 @@ def run_group(cfgs: list[DictConfig], run_dirs: list[str | Path], in_sweep: bool
             remove_orphan_temp_files(d)  # left by a writer that was killed mid-write
         done = _finished(cfgs, dirs)
         todo = [i for i in range(len(cfgs)) if i not in done]
+        if todo and done:  # a group whose checkpoint holds its finished runs too continues whole
+            whole = GroupSession(cfgs, dirs, in_sweep, finished=done)
+            if whole.checkpoint_to_continue() is not None:
+                return whole.run()
         if todo:
             trained = GroupSession([cfgs[i] for i in todo], [dirs[i] for i in todo], in_sweep).run()
             done.update(zip(todo, trained))
@@ -123,10 +127,16 @@ def _finished(cfgs: list[DictConfig], dirs: list[Path]) -> dict[int, dict]:
 
 
 class GroupSession:
-    """One session of K runs (K = 1: a run alone), from composed configs to their records."""
+    """One session of K runs (K = 1: a run alone), from composed configs to their records.
 
-    def __init__(self, cfgs: list[DictConfig], dirs: list[Path], in_sweep: bool):
+    ``finished``: runs of the group that ended before this session (diverged, say) and whose
+    records stay as they are; their checkpointed state keeps them masked in the Trainer."""
+
+    def __init__(self, cfgs: list[DictConfig], dirs: list[Path], in_sweep: bool,
+                 finished: dict[int, dict] | None = None):
         self.cfgs, self.dirs, self.k, self.in_sweep = cfgs, dirs, len(cfgs), in_sweep
+        self.finished = finished or {}
+        self.live = [i for i in range(self.k) if i not in self.finished]
         self.tr = cfgs[0].trainer
         self.identities = [run_identity(cfg) for cfg in cfgs]
         self.digests = [identity_digest(i) for i in self.identities]
@@ -147,9 +157,9 @@ class GroupSession:
                   f"checkpoint was written with {state['threads']}: CPU results from step {self.resumed_from} on "
                   f"are not bitwise identical to an uninterrupted run", file=sys.stderr, flush=True)
         seed_everything(int(self.cfgs[0].seed))
-        sessions = [rec.start_session(self.meta(device, i), continuing=state is not None, restart=restarts[i])
-                    for i, rec in enumerate(self.records)]
-        metrics = [{"status": "failed", "diverged_step": None} for _ in self.cfgs]
+        sessions = {i: self.records[i].start_session(self.meta(device, i), continuing=state is not None,
+                                                     restart=restarts[i]) for i in self.live}
+        metrics = [self.finished.get(i) or {"status": "failed", "diverged_step": None} for i in range(self.k)]
         self.started = time.perf_counter()
         stop = GracefulStop().__enter__()  # SIGTERM/SIGINT: stop after the step (signals.py)
         reserve = DiskReserve(self.dirs[0]).__enter__()  # room to record a failure on a full disk
@@ -157,7 +167,7 @@ class GroupSession:
             self.build(device, state, stop)
             state = None  # free the checkpoint's tensors
             self.trainer.fit()
-            metrics = [self.metrics_of(r, stop) for r in self.trainer.runs]
+            metrics = [self.finished.get(r.index) or self.metrics_of(r, stop) for r in self.trainer.runs]
         except ConfigError:
             raise
         except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint stays the one to resume from
@@ -170,7 +180,7 @@ class GroupSession:
             stop.restore()
             reserve.free()
             self.record(metrics, sessions)
-        if any(m["status"] == "interrupted" for m in metrics):
+        if any(metrics[i]["status"] == "interrupted" for i in self.live):
             stop.hand_over()  # under submitit: its handler requeues the job and exits the process
         return metrics
 
@@ -237,6 +247,9 @@ class GroupSession:
             optimizer = build_optimizer(cfg.optimizer, model)
             if self.k == 1:
                 fastpath.apply(model, optimizer, tr, device, is_image=len(data.spec.input_shape) == 3)
+            if self.dirs.index(d) in self.finished:  # nothing more is written there
+                parts.append(RunParts(model, optimizer, schedule, _Silent(), int(cfg.seed)))
+                continue
             self.writers.append(writer := RunWriter(d, purge_step=purge))
             extra = {"trainer.device": str(device),  # the device the run used, not "auto"
                      "resolved.total_steps": steps, "resolved.steps_per_epoch": steps_per_epoch,
@@ -300,9 +313,9 @@ class GroupSession:
                 writer.abandon()  # its buffered events cannot be written either
             self.writers = []
         text = disk_full_text(self.dirs[0]) if full else f"{type(err).__name__}: {err}"
-        for m, rec in zip(metrics, self.records):
-            m["error"] = text
-            rec.write_error((text + "\n\n" if full else "") + traceback.format_exc())
+        for i in self.live:
+            metrics[i]["error"] = text
+            self.records[i].write_error((text + "\n\n" if full else "") + traceback.format_exc())
         if full:
             raise DiskFull(errno.ENOSPC, text) from None
         raise err
@@ -311,16 +324,26 @@ class GroupSession:
         """Every run's ``metrics.json`` and session, whatever happened; the writers closed. A
         group's wall time is shared evenly: what one run cost."""
         wall = self.prior_wall + time.perf_counter() - self.started
-        for m, rec, (meta, past) in zip(metrics, self.records, sessions):
+        for i in self.live:
+            m, rec, (meta, past) = metrics[i], self.records[i], sessions[i]
             m["wall_time_s"] = round(wall / self.k, 3)
             if self.group is not None:
-                m.setdefault("fused", {**self.group, "index": self.records.index(rec)})["group_wall_time_s"] = round(wall, 3)
+                m.setdefault("fused", {**self.group, "index": i})["group_wall_time_s"] = round(wall, 3)
             m["run_dir"] = str(rec.path)
             rec.write_metrics(m)
             rec.end_session(meta, past, m["status"], self.resumed_from or 0,
                             self.trainer.step if self.trainer else self.resumed_from)
         for writer in self.writers:
             writer.close()
+
+
+class _Silent:
+    """The writer of a run that finished before this session: it writes nothing."""
+
+    def scalar(self, *args) -> None: ...
+    def scalars(self, *args) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
 
 
 def _g(v) -> str:
