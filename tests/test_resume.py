@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT, TINY_BYTES, TINY_TRANSFORMER, compose_cfg, read_scalars, start_until
 from warmup_lab.runs import checkpoint
 from warmup_lab.runs.checkpoint import CheckpointError
-from warmup_lab.runs.run import run
+from warmup_lab.runs.run import run, run_group
 from warmup_lab.runs.signals import GracefulStop
 from warmup_lab.engine.trainer import Trainer
 
@@ -167,20 +167,25 @@ def test_a_finished_run_is_not_trained_again(tmp_path):
     assert sorted(tmp_path.glob("events.out.tfevents.*")) == events
 
 
-def test_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("k", [1, 2])
+def test_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, k):
+    """A run alone and a group of two (the same entry): every run is interrupted, none failed."""
     before = signal.getsignal(signal.SIGINT)
     signal_at(monkeypatch, 2, signal.SIGINT)  # the first Ctrl-C: stop after this step
     # the second one arrives while the run is still saving its checkpoint: stop now
     monkeypatch.setattr(Trainer, "save_checkpoint", lambda self: os.kill(os.getpid(), signal.SIGINT))
+    dirs = [tmp_path / str(i) for i in range(k)]
     with pytest.raises(KeyboardInterrupt):
-        run(compose_cfg(), tmp_path)
-    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "interrupted"
+        run_group([compose_cfg(f"seed={i}") for i in range(k)], dirs)
+    assert [json.loads((d / "metrics.json").read_text())["status"] for d in dirs] == ["interrupted"] * k
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_submitit_preemption_signal_checkpoints_then_hands_over_to_submitit(tmp_path, monkeypatch):
+@pytest.mark.parametrize("k", [1, 2])
+def test_submitit_preemption_signal_checkpoints_then_hands_over_to_submitit(tmp_path, monkeypatch, k):
     """Under submitit, USR2 stops the run (checkpoint, status interrupted) and then submitit's own
-    handler runs (it requeues and exits); SIGTERM only checkpoints and training goes on."""
+    handler runs (it requeues and exits); SIGTERM only checkpoints and training goes on. The same
+    for a group of two runs (``launcher=fused`` under SLURM)."""
     calls = []
 
     def submitit_handler(signum, frame):
@@ -200,17 +205,19 @@ def test_submitit_preemption_signal_checkpoints_then_hands_over_to_submitit(tmp_
                 os.kill(os.getpid(), signal.SIGUSR2)  # preemption / time limit
 
         monkeypatch.setattr(Trainer, "train_step", train_step)
-        cfg = compose_cfg("trainer.max_steps=8", "trainer.checkpoint_interval=null")
+        cfgs = [compose_cfg("trainer.max_steps=8", "trainer.checkpoint_interval=null", f"seed={i}") for i in range(k)]
+        dirs = [tmp_path / str(i) for i in range(k)]
         with pytest.raises(SystemExit):
-            run(cfg, tmp_path)
+            run_group(cfgs, dirs)
         assert calls == [signal.SIGUSR2]
         assert signal.getsignal(signal.SIGUSR2) is submitit_handler
-        metrics = json.loads((tmp_path / "metrics.json").read_text())
-        assert metrics["status"] == "interrupted" and metrics["interrupted_by"] == "SIGUSR2"
-        assert [f.name for f in checkpoint.checkpoint_files(tmp_path / "checkpoints")] == [
-            "step_000000005.pt", "step_000000003.pt"]
+        for d in dirs:
+            metrics = json.loads((d / "metrics.json").read_text())
+            assert metrics["status"] == "interrupted" and metrics["interrupted_by"] == "SIGUSR2"
+        folder = dirs[0] / ("checkpoints" if k == 1 else "fused_checkpoints")
+        assert [f.name for f in checkpoint.checkpoint_files(folder)] == ["step_000000005.pt", "step_000000003.pt"]
         monkeypatch.setattr(Trainer, "train_step", original)
-        assert run(cfg, tmp_path)["status"] == "completed"  # the requeued job continues
+        assert [m["status"] for m in run_group(cfgs, dirs)] == ["completed"] * k  # the requeued job continues
     finally:
         signal.signal(signal.SIGUSR2, previous)
 
