@@ -33,17 +33,18 @@ pilots:  ## the no-warmup pilots that placed the CPU presets (docs/claims.md), i
 analyze:  ## judge a sweep: make analyze SWEEP=outputs/multirun/<stamp> (report.md, CSVs, plots in it)
 	$(PY) scripts/analyze.py $(SWEEP) $(ARGS)
 
-bench:  ## CPU benchmarks (docs/performance.md): harness overhead, start-up, sweep throughput, fused runs, knobs
+bench:  ## CPU benchmarks (docs/performance.md): harness overhead, start-up, sweep throughput, K runs per Trainer, whole process, knobs
 	$(PY) scripts/bench_overhead.py --preset resnet20-digits transformer-bytes --threads 1
 	$(PY) scripts/bench_startup.py
 	$(PY) scripts/bench_sweep.py
-	$(PY) scripts/bench_fused.py --data digits --k 8 --threads 1
+	$(PY) scripts/bench_fused.py --k 8 --threads 1
+	$(PY) scripts/bench_process.py --threads 1
 	$(PY) scripts/bench_gpu.py --device cpu --models resnet20_digits resnet20 --threads 1 --steps 10
 
 bench-gpu:  ## GPU benchmarks (skip without CUDA): overhead, throughput table vs floors, fused K=8
 	$(PY) scripts/bench_overhead.py --device cuda --steps 200 --preset resnet20-digits transformer-bytes
 	$(PY) scripts/bench_gpu.py --out outputs/bench_gpu.md
-	$(PY) scripts/bench_fused.py --device cuda --k 1 8 32 --steps 50 --channels-last --precision bf16
+	$(PY) scripts/bench_fused.py --device cuda --preset resnet20-digits transformer-bytes --k 1 8 32 --steps 50 trainer.channels_last=true trainer.precision=bf16
 
 tb:  ## TensorBoard over every run, with every scalar point kept
 	$(VENV)/bin/tensorboard --logdir outputs --samples_per_plugin scalars=100000
