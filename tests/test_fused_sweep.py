@@ -164,6 +164,7 @@ def test_a_group_with_a_diverged_run_continues_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "train_step", original)
     assert [m["status"] for m in stopped] == ["interrupted", "interrupted", "diverged"]
     diverged = (dirs[2] / "metrics.json").read_text(), (dirs[2] / "run_meta.json").read_text()
+    assert [(x["from_step"], x["to_step"]) for x in json.loads(diverged[1])["sessions"]] == [(0, 4)]  # its own end
     done = run_fused(cfgs, dirs)
     assert [m["resumed_from_step"] for m in done[:2]] == [5, 5]
     assert ((dirs[2] / "metrics.json").read_text(), (dirs[2] / "run_meta.json").read_text()) == diverged
@@ -175,9 +176,40 @@ def test_a_group_with_a_diverged_run_continues_whole(tmp_path, monkeypatch):
 
 def test_another_group_of_the_same_dirs_starts_again(tmp_path, monkeypatch):
     """A checkpoint is only continued by its own group: the same dirs fused with another run
-    (a new job joined the sweep) start from step 0, earlier events purged."""
+    (a new job joined the sweep) start from step 0, earlier events purged, and the old group's
+    checkpoints are set aside, so the new group's own (at a lower step) are the ones it resumes
+    from."""
     cfgs = [compose_cfg("model.width=8", f"seed={s}") for s in (0, 1, 2)]
     dirs = [tmp_path / str(i) for i in range(3)]
+    original = Trainer.train_step
+
+    def stop_after(step):
+        def train_step(self):
+            original(self)
+            if self.step == step:
+                self.stop_requested = True
+        return train_step
+
+    monkeypatch.setattr(Trainer, "train_step", stop_after(5))
+    run_fused(cfgs[:2], dirs[:2])   # the old group: its checkpoint at step 5
+    monkeypatch.setattr(Trainer, "train_step", stop_after(3))
+    started = run_fused(cfgs, dirs)  # the new group starts again and stops at step 3
+    assert [m["resumed_from_step"] for m in started] == [None, None, None]
+    assert [p.name for p in (dirs[0] / "fused_checkpoints").glob("*.pt")] == ["step_000000003.pt"]
+    assert list(dirs[0].glob("stale/*/fused_checkpoints/step_000000005.pt"))
+    monkeypatch.setattr(Trainer, "train_step", original)
+    done = run_fused(cfgs, dirs)
+    assert [m["resumed_from_step"] for m in done] == [3, 3, 3]
+    assert [s for s, _ in read_scalars(dirs[0])["train/loss"]] == list(range(6))
+
+
+def test_a_group_resumes_under_another_stack(tmp_path, monkeypatch):
+    """``trainer.stack`` is a speed knob: a checkpoint holds each run's own state dict, so a
+    Transformer group stopped under vmap continues under the loop (another device would too)."""
+    base = ["model=transformer", "data=bytes", *TINY_TRANSFORMER, *TINY_BYTES]
+    cfgs = {how: [compose_cfg(*base, f"trainer.stack={how}", f"seed={s}") for s in (0, 1)] for how in ("vmap", "loop")}
+    whole = run_fused(cfgs["loop"], [tmp_path / "w0", tmp_path / "w1"])
+    dirs = [tmp_path / "0", tmp_path / "1"]
     original = Trainer.train_step
 
     def stop_after_step_3(self):
@@ -186,11 +218,12 @@ def test_another_group_of_the_same_dirs_starts_again(tmp_path, monkeypatch):
             self.stop_requested = True
 
     monkeypatch.setattr(Trainer, "train_step", stop_after_step_3)
-    run_fused(cfgs[:2], dirs[:2])
+    run_fused(cfgs["vmap"], dirs)
     monkeypatch.setattr(Trainer, "train_step", original)
-    done = run_fused(cfgs, dirs)
-    assert [m["resumed_from_step"] for m in done] == [None, None, None]
-    assert [s for s, _ in read_scalars(dirs[0])["train/loss"]] == list(range(6))
+    done = run_fused(cfgs["loop"], dirs)
+    for k in range(2):
+        assert done[k]["status"] == "completed" and done[k]["resumed_from_step"] == 3
+        assert done[k]["final_val_loss"] == pytest.approx(whole[k]["final_val_loss"], rel=1e-4)
 
 
 @pytest.mark.slow

@@ -215,7 +215,9 @@ def test_a_killed_submission_resumes_finished_jobs_skipped_others_continued(tmp_
     same command with trainer.resume=true skips job 0 (finished), cancels the orphan job (which
     checkpoints on SIGTERM) and continues job 1 from its checkpoint in a new job."""
     sweep_dir = tmp_path / "sweep"
-    args = ["trainer.max_steps=6000,40", *TRANSFORMER]  # job 0: 6000 steps (~25 s, outlives the kill), job 1: 40
+    # job 0: 20000 steps (~40 s at the ~500 steps/s this machine trains it: it must outlive the kill and
+    # the resumed sweep's start-up until its cancellation; at 6000 steps it once finished first), job 1: 40
+    args = ["trainer.max_steps=20000,40", *TRANSFORMER]
     proc = start_sweep("seed=0", *args, tmp=sweep_dir)
     d_long, d_short = sweep_dir / "0", sweep_dir / "1"
     wait_for(lambda: status(d_short) == "completed" and len(checkpoints(d_long)) >= 2, "a finished job and a "
@@ -228,8 +230,9 @@ def test_a_killed_submission_resumes_finished_jobs_skipped_others_continued(tmp_
     assert again.returncode == 0, again.stderr[-3000:]
     assert "1 finished (skipped), 1 to continue, 0 new" in again.stdout
     assert f"cancelling SLURM job(s) {orphan}" in again.stdout
-    assert status(d_long) == "completed" and slurm_id(d_long) != orphan
+    assert status(d_long) == "completed"
+    assert slurm_id(d_long) != orphan, "the orphan job finished its run before it was cancelled: lengthen job 0"
     got, ref = read_scalars(d_long), reference(d_long, tmp_path)
-    assert [s for s, _ in got["train/loss"]] == list(range(6000))
+    assert [s for s, _ in got["train/loss"]] == list(range(20000))
     assert bits(got["train/loss"]) == bits(ref["train/loss"])
     assert len(meta(d_short)["sessions"]) == 1  # the finished job was not run again

@@ -50,13 +50,6 @@ class Stack(nn.Module):
     def check_grads(self) -> None:
         """After a backward: raise if the runs' optimizers would not see their gradients."""
 
-    def stack_state(self) -> dict[str, torch.Tensor]:
-        """The parameters and buffers of all K runs (for checkpoints)."""
-        return self.state_dict()
-
-    def load_stack_state(self, state: dict) -> None:
-        self.load_state_dict(state)
-
 
 class Single(Stack):
     """K = 1: the run's model itself."""
@@ -67,12 +60,6 @@ class Single(Stack):
 
     def forward(self, xs: torch.Tensor) -> torch.Tensor:
         return self.model(xs[0]).unsqueeze(0)
-
-    def stack_state(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
-
-    def load_stack_state(self, state: dict) -> None:
-        self.model.load_state_dict(state)
 
 
 class _Aliased(Stack):
@@ -268,16 +255,27 @@ class VmapStack(_Aliased):
     def forward(self, xs: torch.Tensor) -> torch.Tensor:
         return self._forward(self._call_params, self.buffers_, xs)
 
-    def stack_state(self) -> dict[str, torch.Tensor]:
-        return {**self.params, **self.buffers_}
-
-    def load_stack_state(self, state: dict) -> None:
-        with torch.no_grad():
-            for name, t in {**self.params, **self.buffers_}.items():
-                t.copy_(state[name])
-
 
 STACKS = ("auto", "grouped", "vmap", "loop")
+
+
+def models_state(models: list[nn.Module]) -> dict[str, torch.Tensor]:
+    """The K runs' state dicts as one, whatever the stack: each run's own module's state dict,
+    as it is alone for K = 1 and stacked by name (a new ``(K, ...)`` tensor per entry) for K > 1,
+    so a checkpoint resumes under another ``trainer.stack`` or device."""
+    if len(models) == 1:
+        return models[0].state_dict()
+    states = [m.state_dict() for m in models]
+    return {name: torch.stack([s[name] for s in states]) for name in states[0]}
+
+
+def load_models_state(models: list[nn.Module], state: dict[str, torch.Tensor]) -> None:
+    """Copy :func:`models_state` into the runs' modules, in place (stacked views stay views)."""
+    if len(models) == 1:
+        models[0].load_state_dict(state)
+        return
+    for k, m in enumerate(models):
+        m.load_state_dict({name: t[k] for name, t in state.items()})
 
 
 def stack_models(models: list[nn.Module], how: str = "auto", channels_last: bool = False) -> Stack:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from warmup_lab.data import InMemoryData
 from warmup_lab.engine.fastpath import total_norm
-from warmup_lab.engine.stacking import stack_models
+from warmup_lab.engine.stacking import load_models_state, models_state, stack_models
 from warmup_lab.engine.step_buffer import StepBuffer, read_back
 from warmup_lab.metrics.loss_windows import JITTER_COLUMNS, LossWindows, MetricsConfig
 from warmup_lab.metrics.optimizer_telemetry import OptimizerTelemetry
@@ -244,7 +244,8 @@ class Trainer:
             first = self.runs[0]
             bar.update(steps[-1] + 1 - bar.n)
             if first.result.last_train_loss is not None:
-                bar.set_postfix(loss=f"{first.result.last_train_loss:.4f}", refresh=False)
+                bar.set_postfix(loss=f"{first.result.last_train_loss:.4f}",
+                                lr=f"{first.lr_adapter.get_last_lr()[0]:.3g}", refresh=False)
 
     def _log_block(self, r: Run, steps: list[int], cols: dict[str, list[float]], layer_stats: dict) -> None:
         """One run's flushed block: TensorBoard, divergence, loss windows, result."""
@@ -356,7 +357,10 @@ class Trainer:
                 bar.close()
         if interrupted:
             self.save_checkpoint()
+            running = len(self.active)
             self.flush()  # the logs up to this step (a NaN among them still ends that run diverged)
+            if len(self.active) < running:
+                self.save_checkpoint()  # that run resumes masked, as it ended
         elif self.active:
             self.evaluate()
         for r in self.active:
@@ -384,14 +388,14 @@ class Trainer:
         checkpoint loads with ``weights_only=True``."""
         buffer = self.buffer.state_dict()
         return {"step": self.step, "purge_step": buffer["steps"][0] if buffer["steps"] else self.step,
-                "model": self.stack.stack_state(), "buffer": buffer, "rng": rng_state(),
+                "model": models_state([r.model for r in self.runs]), "buffer": buffer, "rng": rng_state(),
                 "runs": [r.state_dict() for r in self.runs]}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state`` (:meth:`state_dict`); the global RNGs are restored last."""
         if len(state["runs"]) != self.k:
             raise ValueError(f"the checkpoint holds {len(state['runs'])} runs, this trainer {self.k}")
-        self.stack.load_stack_state(state["model"])
+        load_models_state([r.model for r in self.runs], state["model"])
         for r, s in zip(self.runs, state["runs"]):
             r.load_state_dict(s)
         self.buffer.load_state_dict(state["buffer"])

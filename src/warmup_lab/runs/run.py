@@ -171,8 +171,8 @@ class GroupSession:
         except ConfigError:
             raise
         except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint stays the one to resume from
-            for m in metrics:
-                m.update(status="interrupted", interrupted_by="SIGINT")
+            for i in self.live:
+                metrics[i].update(status="interrupted", interrupted_by="SIGINT")
             raise
         except Exception as err:
             self.record_error(err, metrics, reserve)
@@ -247,6 +247,8 @@ class GroupSession:
             optimizer = build_optimizer(cfg.optimizer, model)
             if self.k == 1:
                 fastpath.apply(model, optimizer, tr, device, is_image=len(data.spec.input_shape) == 3)
+            elif tr.get("channels_last") and len(data.spec.input_shape) != 3:
+                raise ConfigError("trainer.channels_last=true needs image data (NCHW inputs)")
             if self.dirs.index(d) in self.finished:  # nothing more is written there
                 parts.append(RunParts(model, optimizer, schedule, _Silent(), int(cfg.seed)))
                 continue
@@ -320,21 +322,31 @@ class GroupSession:
             raise DiskFull(errno.ENOSPC, text) from None
         raise err
 
-    def record(self, metrics: list[dict], sessions: list[tuple[dict, list]]) -> None:
-        """Every run's ``metrics.json`` and session, whatever happened; the writers closed. A
-        group's wall time is shared evenly: what one run cost."""
+    def record(self, metrics: list[dict], sessions: dict[int, tuple[dict, list]]) -> None:
+        """Every run's ``metrics.json`` and session, whatever happened (one run's failed write does
+        not cost the others theirs); the writers closed. A group's wall time is shared evenly:
+        what one run cost."""
         wall = self.prior_wall + time.perf_counter() - self.started
+        errors = []
         for i in self.live:
             m, rec, (meta, past) = metrics[i], self.records[i], sessions[i]
             m["wall_time_s"] = round(wall / self.k, 3)
             if self.group is not None:
                 m.setdefault("fused", {**self.group, "index": i})["group_wall_time_s"] = round(wall, 3)
             m["run_dir"] = str(rec.path)
-            rec.write_metrics(m)
-            rec.end_session(meta, past, m["status"], self.resumed_from or 0,
-                            self.trainer.step if self.trainer else self.resumed_from)
+            to_step = (self.trainer.runs[i].result.steps or self.trainer.step) if self.trainer else self.resumed_from
+            try:
+                rec.write_metrics(m)
+                rec.end_session(meta, past, m["status"], self.resumed_from or 0, to_step)
+            except OSError as err:
+                errors.append(err)
         for writer in self.writers:
-            writer.close()
+            try:
+                writer.close()
+            except OSError as err:
+                errors.append(err)
+        if errors:
+            raise errors[0]
 
 
 class _Silent:

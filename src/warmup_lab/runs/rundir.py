@@ -188,11 +188,12 @@ def event_files(run_dir: Path) -> list[Path]:
 
 
 def set_aside_dead_session(run_dir: str | Path) -> Path | None:
-    """Move the event files and ``error.txt`` an earlier session left in ``run_dir`` (the run
-    starts from step 0) to ``stale/<time>/``, renamed so no TensorBoard reader loads them.
+    """Move the event files, ``error.txt`` and the checkpoints of another group
+    (``fused_checkpoints/``) an earlier session left in ``run_dir`` (the run starts from step 0) to
+    ``stale/<time>/``, renamed so no TensorBoard reader loads them and no resume finds them.
     Returns that folder, or None when there was nothing to move."""
     run_dir = Path(run_dir)
-    files = event_files(run_dir) + [p for p in (run_dir / "error.txt",) if p.exists()]
+    files = event_files(run_dir) + [p for p in (run_dir / "error.txt", run_dir / "fused_checkpoints") if p.exists()]
     if not files:
         return None
     folder = run_dir / STALE / _stamp()
@@ -205,7 +206,8 @@ def set_aside_dead_session(run_dir: str | Path) -> Path | None:
 def remove_orphan_temp_files(run_dir: str | Path) -> list[Path]:
     """Temporary files that a killed writer left (checkpoints and atomic JSON writes)."""
     run_dir = Path(run_dir)
-    found = (list((run_dir / "checkpoints").glob(".tmp-*")) + list(run_dir.glob(".*.json.*.tmp"))
+    found = (list((run_dir / "checkpoints").glob(".tmp-*")) + list((run_dir / "fused_checkpoints").glob(".tmp-*"))
+             + list(run_dir.glob(".*.json.*.tmp"))
              + list(run_dir.glob(".error.txt.*.tmp")))
     for p in found:
         p.unlink(missing_ok=True)
