@@ -31,10 +31,18 @@ def _key(run) -> tuple:
     return tuple(sorted(o for o in run.overrides if not o.startswith(("launcher", "hydra."))))
 
 
+TRANSFORMER_SWEEP = [*FAST, "model=transformer", "data=bytes", "model.n_layers=1", "model.d_model=32",
+                     "model.n_heads=2", "data.max_bytes=20000", "data.context_length=16", "data.eval_sequences=8",
+                     "trainer.eval_interval=3", "trainer.log_interval=4", "optimizer=sgd,radam", "seed=0,1",
+                     "optimizer.lr=0.02,1e9", "trainer.metrics.curvature_interval=null,3"]
+SWEEPS = {"resnet": SWEEP, "transformer": TRANSFORMER_SWEEP}
+
+
 @pytest.mark.slow
-def test_a_fused_sweep_reads_like_a_basic_one(tmp_path):
+@pytest.mark.parametrize("model", list(SWEEPS))
+def test_a_fused_sweep_reads_like_a_basic_one(tmp_path, model):
     for launcher in ("basic", "fused"):
-        out = run_cli("-m", f"launcher={launcher}", *SWEEP, f"hydra.sweep.dir={tmp_path / launcher}")
+        out = run_cli("-m", f"launcher={launcher}", *SWEEPS[model], f"hydra.sweep.dir={tmp_path / launcher}")
         assert out.returncode == 0, out.stderr[-3000:]
     basic = {_key(r): r for r in load_runs([tmp_path / "basic"])}
     fused = {_key(r): r for r in load_runs([tmp_path / "fused"])}
