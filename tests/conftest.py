@@ -72,8 +72,8 @@ def start_until(cmd: list[str], cwd: Path, root: Path, pattern: str,
     return proc
 
 
-def run_keeping_trainer(cfg, run_dir, monkeypatch):
-    """``run()`` as train.py calls it, keeping the Trainer it built: (metrics, TB scalars, trainer)."""
+def run_group_keeping_trainer(cfgs, run_dirs, monkeypatch):
+    """``run_group`` (``run`` for one config) keeping the Trainer it built: (metrics, trainer)."""
     import warmup_lab.runs.run as run_module
 
     kept = []
@@ -83,9 +83,16 @@ def run_keeping_trainer(cfg, run_dir, monkeypatch):
             super().__init__(*args, **kwargs)
             kept.append(self)
 
-    monkeypatch.setattr(run_module, "Trainer", Keep)
-    metrics = run_module.run(cfg, run_dir)
-    return metrics, read_scalars(run_dir), kept[-1]
+    with monkeypatch.context() as m:
+        m.setattr(run_module, "Trainer", Keep)
+        metrics = run_module.run_group(cfgs, run_dirs)
+    return metrics, kept[-1]
+
+
+def run_keeping_trainer(cfg, run_dir, monkeypatch):
+    """``run()`` as train.py calls it, keeping the Trainer it built: (metrics, TB scalars, trainer)."""
+    [metrics], trainer = run_group_keeping_trainer([cfg], [run_dir], monkeypatch)
+    return metrics, read_scalars(run_dir), trainer
 
 
 def build_trainer(cfg, run_dir, device: str = "cpu"):

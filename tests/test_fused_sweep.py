@@ -27,6 +27,19 @@ COMPARED = ("status", "diverged_step", "steps", "final_val_loss", "final_val_acc
             "total_steps", "warmup_steps", "peak_lr")
 
 
+def stop_after(monkeypatch, step: int) -> None:
+    """Every Trainer asks to stop after optimizer step ``step``, as the SIGTERM handler does
+    (``monkeypatch.undo()`` ends it)."""
+    original = Trainer.train_step
+
+    def train_step(self):
+        original(self)
+        if self.step == step:
+            self.stop_requested = True
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
 def _key(run) -> tuple:
     return tuple(sorted(o for o in run.overrides if not o.startswith(("launcher", "hydra."))))
 
@@ -123,14 +136,7 @@ def test_an_interrupted_fused_group_continues_exactly_and_logs_each_step_once(tm
             for s, lr in ((0, 0.02), (1, 0.01))]
     whole = run_fused(cfgs, [tmp_path / "w0", tmp_path / "w1"])
     dirs = [tmp_path / "0", tmp_path / "1"]
-    original = Trainer.train_step
-
-    def stop_after_step_3(self):
-        original(self)
-        if self.step == 3:
-            self.stop_requested = True  # what the SIGTERM handler does
-
-    monkeypatch.setattr(Trainer, "train_step", stop_after_step_3)
+    stop_after(monkeypatch, 3)
     stopped = run_fused(cfgs, dirs)
     assert [m["status"] for m in stopped] == ["interrupted", "interrupted"]
     assert [p.name for p in (dirs[0] / "fused_checkpoints").glob("*.pt")] == ["step_000000003.pt"]
@@ -138,7 +144,7 @@ def test_an_interrupted_fused_group_continues_exactly_and_logs_each_step_once(tm
         on_disk = json.loads((d / "metrics.json").read_text())
         assert on_disk["status"] == "interrupted" and on_disk["steps"] == 3
         assert [s for s, _ in read_scalars(d)["train/loss"]] == [0, 1, 2]  # flushed before stopping
-    monkeypatch.setattr(Trainer, "train_step", original)
+    monkeypatch.undo()
     done = run_fused(cfgs, dirs)
     for k, d in enumerate(dirs):
         assert done[k]["status"] == "completed" and done[k]["resumed_from_step"] == 3
@@ -160,16 +166,9 @@ def test_a_group_with_a_diverged_run_continues_whole(tmp_path, monkeypatch):
             for s, lr in ((0, 0.02), (1, 0.01), (2, 1e9))]  # run 2 diverges at step 3
     whole = run_fused(cfgs, [tmp_path / f"w{k}" for k in range(3)])
     dirs = [tmp_path / str(k) for k in range(3)]
-    original = Trainer.train_step
-
-    def stop_after_step_5(self):
-        original(self)
-        if self.step == 5:
-            self.stop_requested = True
-
-    monkeypatch.setattr(Trainer, "train_step", stop_after_step_5)
+    stop_after(monkeypatch, 5)
     stopped = run_fused(cfgs, dirs)
-    monkeypatch.setattr(Trainer, "train_step", original)
+    monkeypatch.undo()
     assert [m["status"] for m in stopped] == ["interrupted", "interrupted", "diverged"]
     diverged = (dirs[2] / "metrics.json").read_text(), (dirs[2] / "run_meta.json").read_text()
     assert [(x["from_step"], x["to_step"]) for x in json.loads(diverged[1])["sessions"]] == [(0, 4)]  # its own end
@@ -189,23 +188,15 @@ def test_another_group_of_the_same_dirs_starts_again(tmp_path, monkeypatch):
     from."""
     cfgs = [compose_cfg("model.width=8", f"seed={s}") for s in (0, 1, 2)]
     dirs = [tmp_path / str(i) for i in range(3)]
-    original = Trainer.train_step
-
-    def stop_after(step):
-        def train_step(self):
-            original(self)
-            if self.step == step:
-                self.stop_requested = True
-        return train_step
-
-    monkeypatch.setattr(Trainer, "train_step", stop_after(5))
+    stop_after(monkeypatch, 5)
     run_fused(cfgs[:2], dirs[:2])   # the old group: its checkpoint at step 5
-    monkeypatch.setattr(Trainer, "train_step", stop_after(3))
+    monkeypatch.undo()
+    stop_after(monkeypatch, 3)
     started = run_fused(cfgs, dirs)  # the new group starts again and stops at step 3
     assert [m["resumed_from_step"] for m in started] == [None, None, None]
     assert [p.name for p in (dirs[0] / "fused_checkpoints").glob("*.pt")] == ["step_000000003.pt"]
     assert list(dirs[0].glob("stale/*/fused_checkpoints/step_000000005.pt"))
-    monkeypatch.setattr(Trainer, "train_step", original)
+    monkeypatch.undo()
     done = run_fused(cfgs, dirs)
     assert [m["resumed_from_step"] for m in done] == [3, 3, 3]
     assert [s for s, _ in read_scalars(dirs[0])["train/loss"]] == list(range(6))
@@ -218,16 +209,9 @@ def test_a_group_resumes_under_another_stack(tmp_path, monkeypatch):
     cfgs = {how: [compose_cfg(*base, f"trainer.stack={how}", f"seed={s}") for s in (0, 1)] for how in ("vmap", "loop")}
     whole = run_fused(cfgs["loop"], [tmp_path / "w0", tmp_path / "w1"])
     dirs = [tmp_path / "0", tmp_path / "1"]
-    original = Trainer.train_step
-
-    def stop_after_step_3(self):
-        original(self)
-        if self.step == 3:
-            self.stop_requested = True
-
-    monkeypatch.setattr(Trainer, "train_step", stop_after_step_3)
+    stop_after(monkeypatch, 3)
     run_fused(cfgs["vmap"], dirs)
-    monkeypatch.setattr(Trainer, "train_step", original)
+    monkeypatch.undo()
     done = run_fused(cfgs["loop"], dirs)
     for k in range(2):
         assert done[k]["status"] == "completed" and done[k]["resumed_from_step"] == 3

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_BYTES, TINY_TRANSFORMER, compose_cfg, read_scalars, write_tiny_cifar
+from conftest import TINY_BYTES, TINY_TRANSFORMER, compose_cfg, read_scalars, run_group_keeping_trainer, write_tiny_cifar
 from warmup_lab.engine.stacking import GroupedResNet, LoopStack, Single, VmapStack, stack_models
 from warmup_lab.models.resnet import CifarResNet
 from warmup_lab.models.transformer import transformer
@@ -24,19 +24,7 @@ TF = ["model=transformer", "data=bytes", *TINY_TRANSFORMER, *TINY_BYTES, "traine
 
 def trained(monkeypatch, cfgs, dirs):
     """``run_group`` (or ``run`` for one config) keeping its Trainer: (metrics, trainer)."""
-    import warmup_lab.runs.run as run_module
-
-    kept = []
-
-    class Keep(run_module.Trainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            kept.append(self)
-
-    monkeypatch.setattr(run_module, "Trainer", Keep)
-    metrics = run_module.run_group(cfgs, dirs)
-    monkeypatch.undo()
-    return metrics, kept[-1]
+    return run_group_keeping_trainer(cfgs, dirs, monkeypatch)
 
 
 GROUPS = {
