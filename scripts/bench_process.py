@@ -66,9 +66,9 @@ print(f"final train loss {loss.item():.4f} val loss {val:.4f}")
 '''
 
 
-def timed(cmd: list[str], cwd: Path) -> float:
+def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> float:
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{out.stderr[-2000:]}")
@@ -79,20 +79,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--root", type=Path, default=ROOT,
+                    help="the checkout whose train.py (and src/) runs, e.g. a git worktree of an earlier commit")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
-    print(f"# python train.py vs a plain script of the same training (ResNet-20, digits, 400 steps), "
+    print(f"# python {a.root / 'train.py'} vs a plain script of the same training (ResNet-20, digits, 400 steps), "
           f"{a.threads} thread(s), {a.repeats} alternating repeats; load average at start {os.getloadavg()[0]:.2f}")
     harness, plain = [], []
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "plain.py"
         script.write_text(PLAIN)
-        train = [sys.executable, str(ROOT / "train.py"), "trainer.progress=false", f"trainer.threads={a.threads}",
+        env = {**os.environ, "PYTHONPATH": str(a.root / "src")}
+        train = [sys.executable, str(a.root / "train.py"), "trainer.progress=false", f"trainer.threads={a.threads}",
                  "trainer.device=cpu", *a.overrides]
         for i in range(a.repeats):
             for side in ((harness, plain) if i % 2 == 0 else (plain, harness)):
-                side.append(timed(train + [f"hydra.run.dir={tmp}/run{i}"] if side is harness
-                                  else [sys.executable, str(script), str(a.threads)], ROOT))
+                if side is harness:
+                    side.append(timed(train + [f"hydra.run.dir={tmp}/run{i}"], a.root, env))
+                else:
+                    side.append(timed([sys.executable, str(script), str(a.threads)], ROOT))
     ratio = statistics.median(harness) / statistics.median(plain)
     print(f"train.py  median {statistics.median(harness):.2f} s  ({' '.join(f'{t:.2f}' for t in harness)})")
     print(f"plain     median {statistics.median(plain):.2f} s  ({' '.join(f'{t:.2f}' for t in plain)})")
