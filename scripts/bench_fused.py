@@ -41,32 +41,12 @@ PRESETS = {  # the settings of the claim presets that use these models (conf/exp
 
 
 def build(cfgs, device: torch.device, tmp: Path):
-    """One ``Trainer`` of ``len(cfgs)`` runs, built as ``run_group`` builds it."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from warmup_lab.engine import fastpath
-    from warmup_lab.engine.optim import build_optimizer
-    from warmup_lab.engine.trainer import RunParts, Trainer
+    """One ``Trainer`` of ``len(cfgs)`` runs, built as ``run_group`` builds it (no evaluation)."""
+    from warmup_lab.runs.run import build_trainer
     from warmup_lab.runs.tb import RunWriter
-    from warmup_lab.runs.validate import check_schedule
 
-    tr = cfgs[0].trainer
-    data = instantiate(cfgs[0].data).to(device)
-    parts = []
-    for cfg in cfgs:
-        torch.manual_seed(cfg.seed)
-        model = instantiate(cfg.model, _partial_=True)(spec=data.spec).to(device)
-        opt = build_optimizer(cfg.optimizer, model)
-        if len(cfgs) == 1:
-            fastpath.apply(model, opt, tr, device, is_image=len(data.spec.input_shape) == 3)
-        writer = RunWriter(Path(tempfile.mkdtemp(dir=tmp)))
-        parts.append(RunParts(model, opt, check_schedule(cfg, tr.max_steps), writer, int(cfg.seed)))
-    metrics = OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None
-    return Trainer(parts, data, total_steps=tr.max_steps, batch_size=tr.batch_size, device=device,
-                   eval_interval=10**9, log_interval=tr.log_interval, grad_clip=tr.grad_clip,
-                   precision=tr.precision, progress=False, metrics=metrics,
-                   channels_last=len(cfgs) > 1 and bool(tr.get("channels_last")), stack=tr.get("stack", "auto"))
+    writers = [RunWriter(Path(tempfile.mkdtemp(dir=tmp))) for _ in cfgs]
+    return build_trainer(cfgs, writers, device, eval_interval=10**9, progress=False)
 
 
 def timed_steps(cfgs, device: torch.device, steps: int, tmp: Path) -> tuple[float, float]:

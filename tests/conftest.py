@@ -96,37 +96,15 @@ def run_keeping_trainer(cfg, run_dir, monkeypatch):
 
 
 def build_trainer(cfg, run_dir, device: str = "cpu"):
-    """The Trainer exactly as ``run()`` builds it (data, model, optimizer, fast path), on
+    """The Trainer exactly as ``run()`` builds it (``warmup_lab.runs.run.build_trainer``), on
     ``device``, for tests that drive single steps; a list of configs gives one Trainer of K runs
-    (built as ``run_group`` builds them, run ``k`` writing to ``run_dir/k``)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from warmup_lab.engine import fastpath
-    from warmup_lab.engine.optim import build_optimizer
+    (run ``k`` writing to ``run_dir/k``)."""
+    from warmup_lab.runs.run import build_trainer as build
     from warmup_lab.runs.tb import RunWriter
-    from warmup_lab.engine.trainer import RunParts, Trainer
-    from warmup_lab.runs.validate import check_schedule
 
     cfgs = cfg if isinstance(cfg, list) else [cfg]
-    device = torch.device(device)
-    tr = cfgs[0].trainer
-    data = instantiate(cfgs[0].data).to(device)
-    parts = []
-    for k, c in enumerate(cfgs):
-        torch.manual_seed(c.seed)
-        model = instantiate(c.model, _partial_=True)(spec=data.spec).to(device)
-        optimizer = build_optimizer(c.optimizer, model)
-        if len(cfgs) == 1:
-            fastpath.apply(model, optimizer, tr, device, is_image=len(data.spec.input_shape) == 3)
-        writer = RunWriter(Path(run_dir) / str(k) if len(cfgs) > 1 else run_dir)
-        parts.append(RunParts(model, optimizer, check_schedule(c, tr.max_steps), writer, c.seed))
-    metrics = OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None
-    kwargs = {"metrics": metrics} if metrics is not None else {}
-    return Trainer(parts, data, total_steps=tr.max_steps, batch_size=tr.batch_size, device=device,
-                   eval_interval=tr.eval_interval, log_interval=tr.log_interval,
-                   grad_clip=tr.grad_clip, precision=tr.precision, progress=False,
-                   channels_last=len(cfgs) > 1 and bool(tr.get("channels_last")), stack=tr.get("stack", "auto"), **kwargs)
+    writers = [RunWriter(Path(run_dir) / str(k) if len(cfgs) > 1 else run_dir) for k in range(len(cfgs))]
+    return build(cfgs, writers, torch.device(device), progress=False)
 
 
 def write_tiny_cifar(root: Path, n_train_per_batch: int = 20, n_test: int = 20) -> Path:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from warmup_lab.models.resnet import BasicBlock, CifarResNet
+from warmup_lab.runs.schema import STACKS
 
 
 class Stack(nn.Module):
@@ -79,6 +80,7 @@ class _Aliased(Stack):
             owner, _, attr = name.rpartition(".")
             for k, m in enumerate(models):
                 setattr(m.get_submodule(owner), attr, stacked[k])
+        self._grad_ptrs = [p.grad.data_ptr() for p in self._stacked]
         self._checked = False
 
     def zero_grad_(self, optimizers) -> None:
@@ -91,9 +93,6 @@ class _Aliased(Stack):
             self._checked = True
             if any(p.grad is None or p.grad.data_ptr() != g for p, g in zip(self._stacked, self._grad_ptrs)):
                 raise RuntimeError("a stacked gradient was replaced; the runs' updates would be wrong")
-
-    def _remember_grads(self) -> None:
-        self._grad_ptrs = [p.grad.data_ptr() for p in self._stacked]
 
 
 class LoopStack(Stack):
@@ -215,7 +214,6 @@ class GroupedResNet(_Aliased):
                                       for i in range(len(models[0].blocks))])
         self.fc = GroupedLinear([m.fc for m in models])
         self._alias(models, dict(self.named_parameters()), dict(self.named_buffers()))
-        self._remember_grads()
 
     def forward(self, xs: torch.Tensor) -> torch.Tensor:
         x = fuse_inputs(xs)
@@ -236,11 +234,9 @@ class VmapStack(_Aliased):
         super().__init__()
         from torch.func import functional_call, stack_module_state, vmap
 
-        params, buffers = stack_module_state(models)
-        self.params, self.buffers_ = params, buffers
+        params, self.buffers_ = stack_module_state(models)
         self.base = copy.deepcopy(models[0]).to("meta")  # the structure only; train()/eval() reach it
-        self._alias(models, params, buffers)
-        self._remember_grads()
+        self._alias(models, params, self.buffers_)
         # tied parameters (a tied LM head) under every name they have, so no meta tensor is left
         first = {}
         for name, p in models[0].named_parameters(remove_duplicate=False):
@@ -254,9 +250,6 @@ class VmapStack(_Aliased):
 
     def forward(self, xs: torch.Tensor) -> torch.Tensor:
         return self._forward(self._call_params, self.buffers_, xs)
-
-
-STACKS = ("auto", "grouped", "vmap", "loop")
 
 
 def models_state(models: list[nn.Module]) -> dict[str, torch.Tensor]:
@@ -285,6 +278,8 @@ def stack_models(models: list[nn.Module], how: str = "auto", channels_last: bool
     the grouped model for CIFAR ResNets, ``vmap`` for other models on an accelerator and ``loop``
     for them on the CPU, where vmap's batched matmuls were slower than one GEMM per run
     (docs/performance.md, section 5). K = 1 is always the model itself."""
+    if how not in STACKS:
+        raise ValueError(f"trainer.stack={how} is invalid: allowed {', '.join(STACKS)}")
     if len(models) == 1:
         return Single(models[0])
     grouped = all(type(m) is CifarResNet for m in models)

@@ -162,8 +162,7 @@ class Trainer:
         self.stack = stack_models([r.model for r in self.runs], stack, channels_last=channels_last)
         self.forward = torch.compile(self.stack) if compile and self.k > 1 else self.stack
         self.optimizers = [r.optimizer for r in self.runs]
-        self.active = list(self.runs)        # runs still training (not diverged)
-        self._active_idx: torch.Tensor | None = None
+        self._set_active()
         self.buffer = StepBuffer(COLUMNS, log_interval, device, self.k)
         if self.mcfg.curvature_interval:
             from warmup_lab.metrics.curvature import CurvatureProbe
@@ -179,6 +178,13 @@ class Trainer:
         # request, and after the step in which checkpoint_requested was set (a signal)
         self.checkpoint_interval, self.checkpoint_fn = checkpoint_interval, checkpoint_fn
         self.checkpoint_requested = False
+
+    def _set_active(self) -> None:
+        """The runs still training (not diverged) and, once some are not, their indices on the
+        device (where the step buffer writes their values)."""
+        self.active = [r for r in self.runs if r.result.status == "running"]
+        self._active_idx = (None if len(self.active) == self.k else
+                            torch.tensor([r.index for r in self.active], device=self.device))
 
     # -- one step -------------------------------------------------------------------------
     def batches(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,7 +229,7 @@ class Trainer:
         n = len(self.buffer)
         if not n:
             return
-        jitter = [torch.stack([v for v in r.windows.block(self.buffer.column("loss", r.index)).values()])
+        jitter = [torch.stack(list(r.windows.block(self.buffer.column("loss", r.index)).values()))
                   for r in self.active]  # (4, n) per run, on the device
         layers = [r.telemetry.take_layer_stats() for r in self.active]
         flat_layers = [v.reshape(()) for queue in layers for _, stats in queue for v in stats.values()]
@@ -237,9 +243,7 @@ class Trainer:
             cols.update({name: jit[j * n:(j + 1) * n] for j, name in enumerate(JITTER_COLUMNS)})
             layer_stats = {step: {tag: next(layer_values) for tag in stats} for step, stats in queue}
             self._log_block(r, steps, cols, layer_stats)
-        self.active = [r for r in self.active if r.result.status == "running"]
-        if len(self.active) < self.k:
-            self._active_idx = torch.tensor([r.index for r in self.active], device=self.device)
+        self._set_active()
         if bar is not None:
             first = self.runs[0]
             bar.update(steps[-1] + 1 - bar.n)
@@ -400,9 +404,7 @@ class Trainer:
             r.load_state_dict(s)
         self.buffer.load_state_dict(state["buffer"])
         self.step = int(state["step"])
-        self.active = [r for r in self.runs if r.result.status == "running"]
-        if len(self.active) < self.k:
-            self._active_idx = torch.tensor([r.index for r in self.active], device=self.device)
+        self._set_active()
         set_rng_state(state["rng"])
 
     def relog_val(self, from_step: int) -> None:

@@ -113,6 +113,34 @@ def run_group(cfgs: list[DictConfig], run_dirs: list[str | Path], in_sweep: bool
         return [done[i] for i in range(len(cfgs))]
 
 
+def build_trainer(cfgs: list[DictConfig], writers: list, device: torch.device, **overrides) -> Trainer:
+    """The Trainer of ``cfgs`` (K runs) as ``run_group`` builds it: the data once; per run its model
+    (initialised from its seed), optimizer and schedule, writing to ``writers[k]``; the trainer
+    knobs of the first config. ``overrides``: Trainer keywords in place of the config's (the
+    checkpoint function; tests and benchmarks: ``progress``, ``eval_interval``)."""
+    tr, base, k = cfgs[0].trainer, cfgs[0], len(cfgs)
+    data = instantiate(base.data).to(device)
+    steps = total_steps(base, data.sampler(tr.batch_size, int(base.seed)).steps_per_epoch)
+    is_image = len(data.spec.input_shape) == 3
+    parts = []
+    for cfg, writer in zip(cfgs, writers):
+        schedule = check_schedule(cfg, steps)
+        torch.manual_seed(int(cfg.seed))
+        model = instantiate(cfg.model, _partial_=True)(spec=data.spec).to(device)
+        optimizer = build_optimizer(cfg.optimizer, model)
+        if k == 1:
+            fastpath.apply(model, optimizer, tr, device, is_image=is_image)
+        elif tr.get("channels_last") and not is_image:
+            raise ConfigError("trainer.channels_last=true needs image data (NCHW inputs)")
+        parts.append(RunParts(model, optimizer, schedule, writer, int(cfg.seed)))
+    knobs = dict(eval_interval=tr.eval_interval, log_interval=tr.log_interval, grad_clip=tr.grad_clip,
+                 precision=tr.precision, progress=tr.progress,
+                 metrics=OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None,
+                 checkpoint_interval=tr.get("checkpoint_interval"), channels_last=bool(tr.get("channels_last")),
+                 compile=bool(fastpath.compile_mode(tr.get("compile"))), stack=tr.get("stack", "auto"))
+    return Trainer(parts, data, total_steps=steps, batch_size=tr.batch_size, device=device, **{**knobs, **overrides})
+
+
 def _finished(cfgs: list[DictConfig], dirs: list[Path]) -> dict[int, dict]:
     """The runs whose directories already hold a finished record of their config."""
     out = {}
@@ -233,52 +261,32 @@ class GroupSession:
 
     # -- building ----------------------------------------------------------------------------------
     def build(self, device: torch.device, state: dict | None, stop: GracefulStop) -> None:
-        """Data once; per run its model (from its seed), optimizer, schedule and writer; the Trainer."""
-        tr, base = self.tr, self.cfgs[0]
-        self.data = data = instantiate(base.data).to(device)
-        steps_per_epoch = data.sampler(tr.batch_size, int(base.seed)).steps_per_epoch
-        self.steps = steps = total_steps(base, steps_per_epoch)
+        """The writers (a finished run's writes nothing), the Trainer, each run's hparams; the state."""
         purge = int(state["purge_step"]) if state is not None else None
-        parts = []
-        for cfg, d in zip(self.cfgs, self.dirs):
-            schedule = check_schedule(cfg, steps)
-            torch.manual_seed(int(cfg.seed))
-            model = instantiate(cfg.model, _partial_=True)(spec=data.spec).to(device)
-            optimizer = build_optimizer(cfg.optimizer, model)
-            if self.k == 1:
-                fastpath.apply(model, optimizer, tr, device, is_image=len(data.spec.input_shape) == 3)
-            elif tr.get("channels_last") and len(data.spec.input_shape) != 3:
-                raise ConfigError("trainer.channels_last=true needs image data (NCHW inputs)")
-            if self.dirs.index(d) in self.finished:  # nothing more is written there
-                parts.append(RunParts(model, optimizer, schedule, _Silent(), int(cfg.seed)))
-                continue
-            self.writers.append(writer := RunWriter(d, purge_step=purge))
-            extra = {"trainer.device": str(device),  # the device the run used, not "auto"
-                     "resolved.total_steps": steps, "resolved.steps_per_epoch": steps_per_epoch,
-                     "resolved.params": sum(p.numel() for p in model.parameters()),
-                     **{f"resolved.{k}": v for k, v in schedule.info().items()}}
-            writer.start_hparams(flat_hparams(cfg, extra), experiment=not self.in_sweep)
-            self.log_start(cfg, d, extra, schedule, steps, device)
-            parts.append(RunParts(model, optimizer, schedule, writer, int(cfg.seed)))
-        self.trainer = Trainer(
-            parts, data, total_steps=steps, batch_size=tr.batch_size, device=device,
-            eval_interval=tr.eval_interval, log_interval=tr.log_interval, grad_clip=tr.grad_clip,
-            precision=tr.precision, progress=tr.progress,
-            metrics=OmegaConf.to_container(tr.metrics, resolve=True) if tr.get("metrics") else None,
-            checkpoint_interval=tr.get("checkpoint_interval"), checkpoint_fn=self.checkpoint_fn,
-            channels_last=bool(tr.get("channels_last")), compile=bool(fastpath.compile_mode(tr.get("compile"))),
-            stack=tr.get("stack", "auto"))
+        writers = [_Silent() if i in self.finished else RunWriter(d, purge_step=purge) for i, d in enumerate(self.dirs)]
+        self.writers = [w for w in writers if isinstance(w, RunWriter)]
+        self.trainer = build_trainer(self.cfgs, writers, device, checkpoint_fn=self.checkpoint_fn)
+        self.data, self.steps = self.trainer.data, self.trainer.total_steps
+        for i in self.live:
+            self.start_run(self.trainer.runs[i], device)
         stop.attach(self.trainer)
         if state is not None:
             self.trainer.load_state_dict(state)
             self.trainer.relog_val(purge)
             log.info("resumed from step %d (%s)", self.resumed_from, self.ckpt_dir)
 
-    def log_start(self, cfg, d, extra, schedule, steps, device) -> None:
+    def start_run(self, r, device: torch.device) -> None:
+        """Run ``r``'s HParams session (what it trains, resolved) and its line in the log."""
+        cfg, d = self.cfgs[r.index], self.dirs[r.index]
+        params = sum(p.numel() for p in r.model.parameters())
+        extra = {"trainer.device": str(device),  # the device the run used, not "auto"
+                 "resolved.total_steps": self.steps, "resolved.steps_per_epoch": r.sampler.steps_per_epoch,
+                 "resolved.params": params, **{f"resolved.{k}": v for k, v in r.schedule.info().items()}}
+        r.writer.start_hparams(flat_hparams(cfg, extra), experiment=not self.in_sweep)
         log.info("run %s: model %s (%d parameters), data %s, optimizer %s (peak lr %g), scheduler %s "
                  "(warmup %d of %d steps), batch %d, seed %d, device %s, %d thread(s)%s%s", d,
-                 cfg.model.get("name"), extra["resolved.params"], cfg.data.get("name"), cfg.optimizer.get("name"),
-                 float(cfg.optimizer.lr), cfg.scheduler.get("name"), schedule.warmup_steps, steps,
+                 cfg.model.get("name"), params, cfg.data.get("name"), cfg.optimizer.get("name"),
+                 float(cfg.optimizer.lr), cfg.scheduler.get("name"), r.schedule.warmup_steps, self.steps,
                  cfg.trainer.batch_size, cfg.seed, device, torch.get_num_threads(),
                  f", one of {self.k} runs trained together" if self.k > 1 else "",
                  f", resuming from step {self.resumed_from}" if self.resumed_from is not None else "")

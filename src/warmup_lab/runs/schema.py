@@ -169,10 +169,12 @@ def check_group(group: str, node) -> None:
             raise ConfigError(f"{group}.{key}={fmt(value)} is invalid: must be {knob.allowed()}")
 
 
+STACKS = ("auto", "grouped", "vmap", "loop")  # trainer.stack: how K runs share a step (engine/stacking.py)
+
 # trainer knobs whose type this table checks (ranges and the rest: validate.py, fastpath.compile_mode)
 TRAINER_TYPES = {"channels_last": BOOL, "compile_optimizer": BOOL, "deterministic": BOOL, "progress": BOOL,
                  "resume": BOOL, "seed": I(), "device": STR,
-                 "stack": Knob("choice", choices=("auto", "grouped", "vmap", "loop"))}
+                 "stack": Knob("choice", choices=STACKS)}
 
 
 def check_trainer_keys(node) -> None:
