@@ -1,5 +1,9 @@
 """Train one model from Hydra config: `python train.py [group=option ...] [key=value ...]`."""
 
+import gc
+
+gc.disable()  # no collections while torch and Hydra start: warmup_lab.runs.cli.end_startup
+
 import signal
 import sys
 from pathlib import Path
@@ -11,7 +15,7 @@ from omegaconf import DictConfig, open_dict
 
 import warmup_lab  # noqa: F401  (registers config resolvers)
 from warmup_lab.runs.checkpoint import CheckpointError
-from warmup_lab.runs.cli import check_command_line
+from warmup_lab.runs.cli import check_command_line, compose_once, end_startup
 from warmup_lab.sweeps.launch import assign_gpu
 from warmup_lab.runs.run import record_failure, run
 from warmup_lab.runs.rundir import DiskFull, RunDirBusy
@@ -22,6 +26,7 @@ from warmup_lab.runs.validate import ConfigError
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> dict:
+    end_startup()
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
     multirun = hc.mode == RunMode.MULTIRUN
@@ -103,4 +108,5 @@ if __name__ == "__main__":
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    compose_once(sys.argv[1:])  # Hydra reads hydra.mode without composing the config a second time
     main()

@@ -34,12 +34,11 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from warmup_lab.analysis.claimspec import ClaimError
+from warmup_lab.runs.cli import end_startup
 from warmup_lab.runs.progress import SweepProgress
 from warmup_lab.runs.rundir import RunDir
 from warmup_lab.runs.runinfo import write_json
 from warmup_lab.runs.tb import view_hint, write_sweep_experiment
-from warmup_lab.sweeps.study import Study
 from warmup_lab.sweeps.jobs import (IGNORED_OVERRIDES, SweepStop, format_summary, job_dirs, plan_resume, release_slurm_jobs,
                                run_status, summarize)
 
@@ -71,7 +70,13 @@ class ResumableSweeper(BasicSweeper):
         self.arm_ignore = tuple(arm_ignore)
 
     def sweep(self, arguments: List[str]) -> Any:
+        # imported here, not at the top: Hydra imports this module to find its plugins in every
+        # run, and the claims (warmup_lab.analysis) are a sweep's business (docs/performance.md)
+        from warmup_lab.analysis.claimspec import ClaimError
+        from warmup_lab.sweeps.study import Study
+
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        end_startup()  # the collector back on for the sweep's own process (joblib and SLURM jobs run elsewhere)
         params_conf = self._parse_config()
         params_conf.extend(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
