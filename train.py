@@ -2,7 +2,8 @@
 
 import gc
 
-gc.disable()  # no collections while torch and Hydra start: warmup_lab.runs.cli.end_startup
+if __name__ == "__main__":
+    gc.disable()  # no collections while torch and Hydra start (warmup_lab.runs.process)
 
 import signal
 import sys
@@ -15,7 +16,8 @@ from omegaconf import DictConfig, open_dict
 
 import warmup_lab  # noqa: F401  (registers config resolvers)
 from warmup_lab.runs.checkpoint import CheckpointError
-from warmup_lab.runs.cli import check_command_line, compose_once, end_startup
+from warmup_lab.runs.cli import check_command_line
+from warmup_lab.runs.process import compose_once
 from warmup_lab.sweeps.launch import assign_gpu
 from warmup_lab.runs.run import record_failure, run
 from warmup_lab.runs.rundir import DiskFull, RunDirBusy
@@ -26,7 +28,6 @@ from warmup_lab.runs.validate import ConfigError
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> dict:
-    end_startup()
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
     multirun = hc.mode == RunMode.MULTIRUN

@@ -34,7 +34,6 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from warmup_lab.runs.cli import end_startup
 from warmup_lab.runs.progress import SweepProgress
 from warmup_lab.runs.rundir import RunDir
 from warmup_lab.runs.runinfo import write_json
@@ -76,7 +75,6 @@ class ResumableSweeper(BasicSweeper):
         from warmup_lab.sweeps.study import Study
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        end_startup()  # the collector back on for the sweep's own process (joblib and SLURM jobs run elsewhere)
         params_conf = self._parse_config()
         params_conf.extend(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)

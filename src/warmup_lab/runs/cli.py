@@ -8,19 +8,12 @@ milliseconds), and raises ``ConfigError`` with one line naming the key, what is 
 closest valid name. It checks only what it can know without composing: group options, and keys
 under the config groups and the top level. Everything else is left to Hydra and then to
 ``validate`` and ``schema`` (the composed config).
-
-The process around it (docs/performance.md, "The whole process"): :func:`compose_once` spares
-Hydra's second composition of the config, and :func:`end_startup` ends the garbage collector's
-pause that ``train.py`` starts before its imports.
 """
 
 from __future__ import annotations
 
-import atexit
 import difflib
 import functools
-import gc
-import re
 from pathlib import Path
 
 import yaml
@@ -34,76 +27,6 @@ FREE = ("hydra", "study", "local")           # keys Hydra, presets or your local
 # Hydra's flags that take a value (the value is not an override)
 VALUE_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package",
                "-p", "--info", "-i", "--experimental-rerun", "--shell-completion", "-sc")
-
-
-def end_startup() -> None:
-    """End start-up: freeze every object made so far and turn the garbage collector back on
-    (``train.py`` turns it off before its imports); at exit, freeze again. Called where a
-    ``train.py`` process starts its work: its first job (``train.py``'s ``main``), or a sweep
-    (the resumable sweeper, whose jobs may run in other processes).
-
-    Start-up creates about 350 000 long-lived objects (torch, ``torch._dynamo`` with sympy,
-    Hydra, OmegaConf) and almost no cyclic garbage, yet the collector walked all of them six
-    times there (0.5 s), and once more at interpreter shutdown (another 0.3-0.5 s). Frozen
-    objects are never walked again; what start-up left unreachable in cycles (a few thousand
-    objects, once per process) is not reclaimed. The second freeze at exit (its handler runs
-    before logging's and Hydra's, which still flush) spares the final collection; everything a
-    run writes is closed before its job returns. Later jobs of the same process (a sweep on the
-    basic launcher) run with the collector on, as any process does. A no-op once the collector
-    is on (a later job; tests; a program that imports the package)."""
-    if gc.isenabled():
-        return
-    gc.freeze()
-    gc.enable()
-    atexit.register(gc.freeze)
-
-
-# Hydra's flags that take the config from elsewhere than conf/train.yaml
-CONFIG_SOURCE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "--experimental-rerun")
-
-
-def sets_hydra_mode(argv: list[str]) -> bool:
-    """Whether ``hydra.mode`` may be set by this command line or a config file under ``conf/``
-    (the git-ignored ``conf/local/`` included): an override naming it, a config source other
-    than ``conf/``, or a file that sets ``mode`` under ``hydra`` (a ``conf/hydra/`` option or a
-    file of the ``hydra`` package at its top level). Errs towards yes."""
-    if any("hydra.mode" in a or "hydra.searchpath" in a or a.split("=")[0] in CONFIG_SOURCE_FLAGS for a in argv):
-        return True
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    for path in CONF.rglob("*.yaml"):
-        text = path.read_text()
-        if not re.search(r"^\s*mode\s*:", text, re.MULTILINE):
-            continue
-        try:
-            node = yaml.load(text, Loader=loader) or {}
-        except yaml.YAMLError:
-            return True
-        top = path.parent == CONF / "hydra" or "@package hydra" in text
-        if not isinstance(node, dict) or "mode" in (node if top else node.get("hydra") or {}):
-            return True
-    return False
-
-
-def compose_once(argv: list[str]) -> bool:
-    """Let Hydra compose the config once instead of twice; returns whether it will.
-
-    Before running, ``@hydra.main`` composes the whole config once only to read ``hydra.mode``
-    (``Hydra.get_mode``; 60 ms here), then composes it again to run. Where nothing sets
-    ``hydra.mode`` (:func:`sets_hydra_mode`) that first composition returns None, and Hydra then
-    picks the mode from ``-m``/``--multirun`` alone; this answers None without composing, so
-    every run and sweep starts as before. Hydra versions without ``get_mode`` are left as they
-    are."""
-    from hydra._internal.hydra import Hydra
-
-    if not callable(getattr(Hydra, "get_mode", None)) or sets_hydra_mode(argv):
-        return False
-    Hydra.get_mode = _no_mode
-    return True
-
-
-def _no_mode(self, config_name, overrides):
-    """``Hydra.get_mode`` where nothing sets ``hydra.mode`` (:func:`compose_once`)."""
-    return None
 
 
 @functools.lru_cache(maxsize=None)
