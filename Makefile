@@ -15,7 +15,7 @@ install: $(PY)  ## create .venv and install the package with its dependencies, d
 	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev,launchers]"
 	@$(PY) -c "import torch, torchvision; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| cuda', torch.cuda.is_available())"
 
-train:  ## the default experiment (ResNet-20 on digits, SGD, warmup+cosine), offline, about 20 s on 2 cores
+train:  ## the default experiment (ResNet-20 on digits, SGD, warmup+cosine), offline, about 10 s on 2 cores
 	$(PY) train.py $(ARGS)
 
 test:  ## the test suite

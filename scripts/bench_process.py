@@ -7,7 +7,7 @@ printed.
 
 A third side, "plain + gc", is the plain script given what ``train.py`` does with Python's
 garbage collector (off during start-up, then the start-up objects frozen; frozen again at exit:
-``warmup_lab.runs.cli.end_startup``). ``train.py`` against it is the cost of the harness's own
+``warmup_lab.runs.process.end_startup``). ``train.py`` against it is the cost of the harness's own
 work (Hydra, validation, metrics, TensorBoard, checkpoints, records), with the start-up and exit
 savings that any script could copy taken out; ``--no-gc-side`` leaves it out.
 
@@ -73,7 +73,7 @@ for step in range(steps):
 print(f"final train loss {loss.item():.4f} val loss {val:.4f}")
 '''
 
-# the same script with train.py's garbage-collector handling (warmup_lab.runs.cli.end_startup)
+# the same script with train.py's garbage-collector handling (warmup_lab.runs.process.end_startup)
 PLAIN_GC = ("import gc\ngc.disable()\n" + PLAIN).replace(
     "model.train()\nfor step", "import atexit\ngc.freeze()\ngc.enable()\natexit.register(gc.freeze)\nmodel.train()\nfor step")
 assert PLAIN_GC.count("gc.freeze()") == 1

@@ -22,7 +22,7 @@ from warmup_lab.data import InMemoryData
 from warmup_lab.engine.fastpath import total_norm
 from warmup_lab.engine.stacking import load_models_state, models_state, stack_models
 from warmup_lab.engine.step_buffer import StepBuffer, read_back
-from warmup_lab.metrics.loss_windows import JITTER_COLUMNS, LossWindows, MetricsConfig
+from warmup_lab.metrics.loss_windows import JITTER_COLUMNS, JITTER_TAGS, LossWindows, MetricsConfig
 from warmup_lab.metrics.optimizer_telemetry import OptimizerTelemetry
 from warmup_lab.runs.checkpoint import rng_state, set_rng_state
 from warmup_lab.runs.tb import RunWriter
@@ -85,12 +85,19 @@ class Run:
         self.lr_adapter = ScheduleLR(self.optimizer, self.schedule)
         self.sampler = data.sampler(batch_size, self.seed)
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.params = [p for _, p in named]
         self.telemetry = OptimizerTelemetry(named, self.optimizer, mcfg)
+        self.params = self.telemetry.params
         self.windows = LossWindows(mcfg, total_steps, device)
         self.result = TrainResult()
         self.lrs: list[list[float]] = []     # the lrs of the buffered steps (host numbers)
         self.curvature = None                # sharpness every curvature_interval steps (curvature.py)
+        if mcfg.curvature_interval:
+            from warmup_lab.metrics.curvature import CurvatureProbe
+
+            self.curvature = CurvatureProbe(
+                self.model, self.optimizer, type(self.optimizer).__name__.lower(), data, loss_fn, seed=self.seed,
+                interval=mcfg.curvature_interval, iters=mcfg.curvature_iters,
+                batch_size=mcfg.curvature_batch or batch_size, device=device)
         self.curvature_rows: list[tuple[int, dict]] = []
 
     @property
@@ -164,14 +171,6 @@ class Trainer:
         self.optimizers = [r.optimizer for r in self.runs]
         self._set_active()
         self.buffer = StepBuffer(COLUMNS, log_interval, device, self.k)
-        if self.mcfg.curvature_interval:
-            from warmup_lab.metrics.curvature import CurvatureProbe
-
-            for r in self.runs:
-                r.curvature = CurvatureProbe(
-                    r.model, r.optimizer, type(r.optimizer).__name__.lower(), data, loss_fn, seed=r.seed,
-                    interval=self.mcfg.curvature_interval, iters=self.mcfg.curvature_iters,
-                    batch_size=self.mcfg.curvature_batch or batch_size, device=device)
         self.step = 0
         self.stop_requested = False
         # checkpoints (checkpoint.py): every checkpoint_interval steps, at the end, on a stop
@@ -238,8 +237,8 @@ class Trainer:
         block = host[0]                       # (n, columns, K) row-major
         c, k = len(COLUMNS), self.k
         layer_values = iter(host[-1]) if flat_layers else iter(())
-        for r, jit, queue in zip(list(self.active), host[1:1 + len(jitter)], layers):
-            cols = {name: [block[(i * c + j) * k + r.index] for i in range(n)] for j, name in enumerate(COLUMNS)}
+        for r, jit, queue in zip(self.active, host[1:1 + len(jitter)], layers):
+            cols = {name: block[j * k + r.index::c * k] for j, name in enumerate(COLUMNS)}  # its values of column j
             cols.update({name: jit[j * n:(j + 1) * n] for j, name in enumerate(JITTER_COLUMNS)})
             layer_stats = {step: {tag: next(layer_values) for tag in stats} for step, stats in queue}
             self._log_block(r, steps, cols, layer_stats)
@@ -262,7 +261,7 @@ class Trainer:
             values = {"train/loss": loss, "train/grad_norm": cols["grad_norm"][i], "train/lr": lrs[i][0]}
             if tracks_update:
                 values["train/update_ratio"] = cols["update_ratio"][i]
-            values.update({f"jitter/{c}": cols[c][i] for c in JITTER_COLUMNS})
+            values.update(zip(JITTER_TAGS, (cols[c][i] for c in JITTER_COLUMNS)))
             if len(set(lrs[i])) > 1:
                 values.update({f"train/lr/{name}": lr for name, lr in zip(names, lrs[i])})
             values.update(layer_stats.get(step, {}))

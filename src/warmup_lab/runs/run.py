@@ -24,8 +24,8 @@ from warmup_lab.engine.trainer import RunParts, Trainer
 from warmup_lab.runs.checkpoint import FOLDER as CHECKPOINTS, CheckpointError, load_latest
 from warmup_lab.runs.checkpoint import save as save_checkpoint
 from warmup_lab.runs.identity import digest as identity_digest, identity_diff, run_identity
-from warmup_lab.runs.rundir import (DiskFull, DiskReserve, RunDir, RunDirLock, disk_full, disk_full_text,
-                                    remove_orphan_temp_files, set_aside_dead_session)
+from warmup_lab.runs.rundir import (GROUP_CHECKPOINTS, DiskFull, DiskReserve, RunDir, RunDirLock, disk_full,
+                                    disk_full_text, remove_orphan_temp_files, set_aside_dead_session)
 from warmup_lab.runs.runinfo import now, read_json, run_metadata, write_json
 from warmup_lab.runs.signals import GracefulStop
 from warmup_lab.runs.tb import RunWriter, flat_hparams
@@ -35,8 +35,7 @@ from warmup_lab.sweeps.jobs import FINISHED
 
 log = logging.getLogger(__name__)
 
-GROUP_FILE = "fused_group.json"          # in every run dir of a group of K > 1: the group and its checkpoints
-GROUP_CHECKPOINTS = "fused_checkpoints"  # in the group's first run dir
+GROUP_FILE = "fused_group.json"  # in every run dir of a group of K > 1: the group and its checkpoints
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,7 +104,8 @@ def run_group(cfgs: list[DictConfig], run_dirs: list[str | Path], in_sweep: bool
         todo = [i for i in range(len(cfgs)) if i not in done]
         if todo and done:  # a group whose checkpoint holds its finished runs too continues whole
             whole = GroupSession(cfgs, dirs, in_sweep, finished=done)
-            if whole.checkpoint_to_continue() is not None:
+            whole.loaded = whole.checkpoint_to_continue()
+            if whole.loaded is not None:
                 return whole.run()
         if todo:
             trained = GroupSession([cfgs[i] for i in todo], [dirs[i] for i in todo], in_sweep).run()
@@ -171,11 +171,14 @@ class GroupSession:
         self.records = [RunDir(d) for d in dirs]
         self.group = {"k": self.k, "runs": [str(d) for d in dirs]} if self.k > 1 else None
         self.ckpt_dir = dirs[0] / (CHECKPOINTS if self.k == 1 else GROUP_CHECKPOINTS)
+        self.loaded: dict | None = None  # the checkpoint to continue from, when already read (run_group)
         self.trainer: Trainer | None = None
         self.writers: list[RunWriter] = []
 
     def run(self) -> list[dict]:
-        state = self.checkpoint_to_continue()
+        state, self.loaded = self.loaded, None  # dropped once the trainer holds it (below)
+        if state is None:
+            state = self.checkpoint_to_continue()
         self.resumed_from = int(state["step"]) if state is not None else None
         self.prior_wall = float(state.get("wall_time_s", 0.0)) if state is not None else 0.0
         restarts = [None] * self.k if state is not None else [self.set_aside(i) for i in range(self.k)]
@@ -218,7 +221,7 @@ class GroupSession:
         if self.k == 1:
             loaded = load_latest(self.ckpt_dir)  # CheckpointError when checkpoints exist but none is readable
             if loaded is not None and loaded[0]["config"] != self.identities:
-                old = loaded[0]["config"][0] if isinstance(loaded[0]["config"], list) else str(loaded[0]["config"])
+                old = loaded[0]["config"][0]  # format 3: the identities of the runs it holds
                 raise CheckpointError(
                     f"{loaded[1]} was written by a different config ({'; '.join(identity_diff(old, self.identities[0]))}): "
                     f"continue it with its own overrides, or start this config in a new directory")
@@ -250,9 +253,13 @@ class GroupSession:
         meta = {**run_metadata(device, int(self.cfgs[i].seed)), "config_digest": self.digests[i],
                 "status": "running", "resumed_from_step": self.resumed_from}
         if self.group is not None:
-            meta["fused"] = {**self.group, "index": i}
-            write_json(self.dirs[i] / GROUP_FILE, {**self.group, "index": i, "checkpoints": str(self.ckpt_dir)})
+            meta["fused"] = self.fused(i)
+            write_json(self.dirs[i] / GROUP_FILE, {**self.fused(i), "checkpoints": str(self.ckpt_dir)})
         return meta
+
+    def fused(self, i: int) -> dict:
+        """Run ``i``'s place in its group (K > 1), as its records keep it."""
+        return {**self.group, "index": i}
 
     def checkpoint_fn(self, state: dict):
         state.update(config=self.identities, threads=torch.get_num_threads(),
@@ -303,8 +310,6 @@ class GroupSession:
         m.update(total_steps=self.steps, warmup_steps=r.schedule.warmup_steps, peak_lr=float(cfg.optimizer.lr),
                  data=self.data.info, val_history=result.history["val"], config_digest=self.digests[r.index],
                  resumed_from_step=self.resumed_from)
-        if self.group is not None:
-            m["fused"] = {**self.group, "index": r.index}
         log.info("%s after %d steps: final train loss %s, val loss %s, val acc %s", result.status, result.steps,
                  _g(result.final_train_loss), _g(result.final_val_loss), _g(result.final_val_acc))
         if result.status == "interrupted":  # no final hparam values yet: the run goes on later
@@ -340,7 +345,7 @@ class GroupSession:
             m, rec, (meta, past) = metrics[i], self.records[i], sessions[i]
             m["wall_time_s"] = round(wall / self.k, 3)
             if self.group is not None:
-                m.setdefault("fused", {**self.group, "index": i})["group_wall_time_s"] = round(wall, 3)
+                m["fused"] = {**self.fused(i), "group_wall_time_s": round(wall, 3)}
             m["run_dir"] = str(rec.path)
             to_step = (self.trainer.runs[i].result.steps or self.trainer.step) if self.trainer else self.resumed_from
             try:

@@ -37,6 +37,7 @@ from warmup_lab.runs.runinfo import now, read_json, write_json, write_text as wr
 FINISHED = ("completed", "diverged")  # a run with this status is done: its record is final
 LOCK_FILE = ".lock"
 STALE = "stale"
+GROUP_CHECKPOINTS = "fused_checkpoints"  # a group of K > 1 runs: its checkpoints, in its first run dir
 RESERVE_FILE = ".disk-reserve"
 RESERVE_BYTES = 256 * 1024
 
@@ -193,7 +194,7 @@ def set_aside_dead_session(run_dir: str | Path) -> Path | None:
     ``stale/<time>/``, renamed so no TensorBoard reader loads them and no resume finds them.
     Returns that folder, or None when there was nothing to move."""
     run_dir = Path(run_dir)
-    files = event_files(run_dir) + [p for p in (run_dir / "error.txt", run_dir / "fused_checkpoints") if p.exists()]
+    files = event_files(run_dir) + [p for p in (run_dir / "error.txt", run_dir / GROUP_CHECKPOINTS) if p.exists()]
     if not files:
         return None
     folder = run_dir / STALE / _stamp()
@@ -206,7 +207,7 @@ def set_aside_dead_session(run_dir: str | Path) -> Path | None:
 def remove_orphan_temp_files(run_dir: str | Path) -> list[Path]:
     """Temporary files that a killed writer left (checkpoints and atomic JSON writes)."""
     run_dir = Path(run_dir)
-    found = (list((run_dir / "checkpoints").glob(".tmp-*")) + list((run_dir / "fused_checkpoints").glob(".tmp-*"))
+    found = (list((run_dir / "checkpoints").glob(".tmp-*")) + list((run_dir / GROUP_CHECKPOINTS).glob(".tmp-*"))
              + list(run_dir.glob(".*.json.*.tmp"))
              + list(run_dir.glob(".error.txt.*.tmp")))
     for p in found:

@@ -170,6 +170,7 @@ def check_group(group: str, node) -> None:
 
 
 STACKS = ("auto", "grouped", "vmap", "loop")  # trainer.stack: how K runs share a step (engine/stacking.py)
+GROUPED_MODELS = ("warmup_lab.models.cifar_resnet", "warmup_lab.models.resnet1d")  # what trainer.stack=grouped takes
 
 # trainer knobs whose type this table checks (ranges and the rest: validate.py, fastpath.compile_mode)
 TRAINER_TYPES = {"channels_last": BOOL, "compile_optimizer": BOOL, "deterministic": BOOL, "progress": BOOL,

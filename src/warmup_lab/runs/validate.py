@@ -8,11 +8,10 @@ optimizer options, and the rules between keys, in ``schema`` (one table).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from omegaconf import DictConfig
 
-from warmup_lab.runs.schema import ConfigError, check as check_schema
+from warmup_lab.runs.schema import GROUPED_MODELS, ConfigError, check as check_schema
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
@@ -114,8 +113,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("trainer.metrics.curvature_interval needs trainer.compile=false: the probe's "
                           "Hessian-vector products run the model eagerly")
     check_device(tr.device)
-    if tr.get("stack") == "grouped" and cfg.model.get("_target_") not in ("warmup_lab.models.cifar_resnet",
-                                                                        "warmup_lab.models.resnet1d"):
+    if tr.get("stack") == "grouped" and cfg.model.get("_target_") not in GROUPED_MODELS:
         raise ConfigError(f"trainer.stack=grouped needs a CIFAR ResNet (model=resnet20, resnet56 or resnet1d), "
                           f"not model={cfg.model.get('name')}: allowed auto, vmap or loop")
 
